@@ -1,0 +1,209 @@
+//! Agent configuration: flags, `VIGIL_*` environment variables and an
+//! optional TOML file, validated before anything starts.
+
+use crate::backoff::BackoffConfig;
+use crate::cards::CardSpec;
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use vigil_core::{JobId, NodeId};
+
+/// `vigil-agent`: probes this node's cards and host, receives training
+/// progress, and streams both to the Vigil controller.
+#[derive(Debug, Parser)]
+#[command(name = "vigil-agent", version, about, long_about = None)]
+pub struct Args {
+    /// Controller gRPC address, e.g. http://10.0.0.5:7070.
+    #[arg(long, env = "VIGIL_CONTROLLER")]
+    pub controller: Option<String>,
+    /// This node's name (default: the hostname).
+    #[arg(long, env = "VIGIL_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Card probe: auto, none, nvml, smi, exec:CMD or sim:N.
+    #[arg(long, env = "VIGIL_CARDS")]
+    pub cards: Option<String>,
+    /// Where training processes send progress records.
+    #[arg(long, env = "VIGIL_PROGRESS_LISTEN")]
+    pub progress_listen: Option<SocketAddr>,
+    /// The job whose workers this agent runs.
+    #[arg(long, env = "VIGIL_JOB")]
+    pub job: Option<String>,
+    /// Stand by as a spare: start the worker command only when assigned.
+    #[arg(long, env = "VIGIL_SPARE")]
+    pub spare: bool,
+    /// TOML config file (flags and environment override it).
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Heartbeat period in milliseconds until the controller sets one.
+    #[arg(long, env = "VIGIL_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u32>,
+    /// Events kept for replay while the controller is unreachable.
+    #[arg(long, env = "VIGIL_SPOOL_CAPACITY")]
+    pub spool_capacity: Option<usize>,
+    /// Worker command to supervise (after `--`).
+    #[arg(last = true)]
+    pub worker: Vec<String>,
+}
+
+/// The config file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub controller: Option<String>,
+    pub node_id: Option<String>,
+    pub cards: Option<String>,
+    pub progress_listen: Option<SocketAddr>,
+    pub job: Option<String>,
+    pub spare: Option<bool>,
+    pub heartbeat_ms: Option<u32>,
+    pub spool_capacity: Option<usize>,
+    pub worker: Option<Vec<String>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub controller: String,
+    pub node_id: NodeId,
+    pub cards: CardSpec,
+    pub progress_listen: Option<SocketAddr>,
+    pub job: Option<JobId>,
+    pub spare: bool,
+    pub heartbeat: Duration,
+    pub spool_capacity: usize,
+    pub probe_timeout: Duration,
+    pub backoff: BackoffConfig,
+    pub host_metrics: bool,
+    pub worker: Vec<String>,
+}
+
+impl AgentConfig {
+    /// A configuration for `node` against `controller` with defaults.
+    pub fn new(controller: impl Into<String>, node: NodeId) -> Self {
+        AgentConfig {
+            controller: controller.into(),
+            node_id: node,
+            cards: CardSpec::Auto,
+            progress_listen: None,
+            job: None,
+            spare: false,
+            heartbeat: Duration::from_secs(1),
+            spool_capacity: 100_000,
+            probe_timeout: Duration::from_secs(2),
+            backoff: BackoffConfig::default(),
+            host_metrics: true,
+            worker: Vec::new(),
+        }
+    }
+
+    /// Merges flags over the file over defaults, and validates.
+    pub fn from_args(args: Args) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("config {}: {}", path.display(), e.message()))?
+            }
+            None => FileConfig::default(),
+        };
+        let controller = args
+            .controller
+            .or(file.controller)
+            .ok_or("--controller URL is required (or VIGIL_CONTROLLER)")?;
+        validate_url(&controller)?;
+        let node = match args.node_id.or(file.node_id) {
+            Some(n) => n,
+            None => hostname()?,
+        };
+        let node_id = NodeId::new(node).map_err(|e| format!("--node-id: {e}"))?;
+        let mut cfg = AgentConfig::new(controller, node_id);
+        if let Some(c) = args.cards.or(file.cards) {
+            cfg.cards = c.parse()?;
+        }
+        cfg.progress_listen = args
+            .progress_listen
+            .or(file.progress_listen)
+            .or_else(|| "127.0.0.1:7071".parse().ok());
+        if let Some(j) = args.job.or(file.job) {
+            cfg.job = Some(JobId::new(j).map_err(|e| format!("--job: {e}"))?);
+        }
+        cfg.spare = args.spare || file.spare.unwrap_or(false);
+        if let Some(ms) = args.heartbeat_ms.or(file.heartbeat_ms) {
+            if !(10..=60_000).contains(&ms) {
+                return Err(format!("--heartbeat-ms {ms}: must be within 10..=60000"));
+            }
+            cfg.heartbeat = Duration::from_millis(u64::from(ms));
+        }
+        if let Some(n) = args.spool_capacity.or(file.spool_capacity) {
+            if n == 0 {
+                return Err("--spool-capacity must be at least 1".to_owned());
+            }
+            cfg.spool_capacity = n;
+        }
+        cfg.worker = if args.worker.is_empty() {
+            file.worker.unwrap_or_default()
+        } else {
+            args.worker
+        };
+        if cfg.spare && cfg.worker.is_empty() {
+            return Err("--spare needs a worker command after --".to_owned());
+        }
+        Ok(cfg)
+    }
+}
+
+fn validate_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("--controller {url:?}: must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("--controller {url:?}: missing host"));
+    }
+    Ok(())
+}
+
+fn hostname() -> Result<String, String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map_err(|e| format!("cannot read the hostname ({e}); pass --node-id"))?;
+    Ok(raw.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, String> {
+        let mut v = vec!["vigil-agent"];
+        v.extend_from_slice(args);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        AgentConfig::from_args(a)
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        let c = parse(&["--controller", "http://127.0.0.1:7070", "--node-id", "n0", "--cards", "sim:4"])
+            .expect("valid");
+        assert_eq!(c.cards, CardSpec::Sim(4));
+        assert_eq!(c.node_id.as_str(), "n0");
+        assert!(parse(&["--node-id", "n0"]).is_err_and(|e| e.contains("--controller")));
+        assert!(parse(&["--controller", "127.0.0.1:7070"]).is_err_and(|e| e.contains("http://")));
+        assert!(
+            parse(&["--controller", "http://x", "--node-id", "a b"]).is_err_and(|e| e.contains("node"))
+        );
+        assert!(parse(&["--controller", "http://x", "--cards", "gpu"]).is_err());
+        assert!(parse(&["--controller", "http://x", "--heartbeat-ms", "0"]).is_err());
+        assert!(parse(&["--controller", "http://x", "--spare"]).is_err_and(|e| e.contains("worker")));
+    }
+
+    #[test]
+    fn worker_command_after_dashes() {
+        let c = parse(&["--controller", "http://x", "--node-id", "n0", "--", "python3", "train.py", "--lr", "1"])
+            .expect("valid");
+        assert_eq!(c.worker, ["python3", "train.py", "--lr", "1"]);
+    }
+}

@@ -1,0 +1,448 @@
+//! The agent's main loop: one task owns the controller connection, the
+//! spool and the heartbeat clock.
+//!
+//! Connection life cycle: connect, send `Register`, wait for `Welcome`
+//! (which says how far the controller has already stored our events), send
+//! every unacknowledged event again, then heartbeat and stream events until
+//! the stream breaks; then wait a capped, jittered exponential backoff and
+//! start over. Card probing never stops while disconnected, so errors seen
+//! then are spooled and delivered later.
+
+use crate::backoff::Backoff;
+use crate::cards::CardProbe;
+use crate::config::AgentConfig;
+use crate::encode;
+use crate::host::HostProbe;
+use crate::spool::Spool;
+use crate::supervise::WorkerOrder;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use vigil_core::Millis;
+use vigil_core::model::{CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal, sample_transitions};
+use vigil_proto::v1 as pb;
+use vigil_proto::v1::agent_service_client::AgentServiceClient;
+
+/// Counters the agent keeps about itself (read by the benchmark and tests).
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_acked: AtomicU64,
+    pub events_acked: AtomicU64,
+    /// Heartbeat round trips (send to controller's ack), microseconds; only
+    /// recorded when `record_latency` is set.
+    pub latencies_us: Mutex<Vec<u32>>,
+    pub record_latency: AtomicBool,
+}
+
+/// The channels the agent loop is wired to.
+#[derive(Debug)]
+pub struct AgentIo {
+    /// Events from the progress endpoint and the supervisor.
+    pub events: mpsc::Receiver<EventBody>,
+    /// Orders to the worker supervisor, if one runs.
+    pub worker: Option<mpsc::Sender<WorkerOrder>>,
+    /// While true the agent is frozen: it neither sends nor reads, but holds
+    /// its connection (the simulator's node crash and partition).
+    pub pause: Option<watch::Receiver<bool>>,
+    pub stats: Arc<AgentStats>,
+    /// Records dropped at the progress endpoint.
+    pub progress_dropped: Arc<AtomicU64>,
+}
+
+impl AgentIo {
+    /// Channels for an agent with no supervisor and no pause switch.
+    pub fn new() -> (Self, mpsc::Sender<EventBody>) {
+        let (tx, rx) = mpsc::channel(4096);
+        (
+            AgentIo {
+                events: rx,
+                worker: None,
+                pause: None,
+                stats: Arc::new(AgentStats::default()),
+                progress_dropped: Arc::new(AtomicU64::new(0)),
+            },
+            tx,
+        )
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+struct Conn {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::ControllerMessage>,
+}
+
+struct ProbeResult {
+    samples: Vec<CardSample>,
+    errors: Vec<(u32, Signal, String)>,
+}
+
+/// Events sent per message.
+const BATCH: usize = 512;
+
+/// Runs the agent until the process ends.
+pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, mut io: AgentIo) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(cfg.backoff).map_err(anyhow::Error::msg)?;
+    let boot_id = format!("{:016x}", crate::backoff::random_u64());
+    let inventory = probe.inventory();
+    let interval_ms = Arc::new(AtomicU64::new(cfg.heartbeat.as_millis() as u64));
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
+    spawn_probe_thread(probe, interval_ms.clone(), probe_tx)?;
+    let mut host = cfg.host_metrics.then(HostProbe::new);
+    let mut host_last = HostMetrics::default();
+
+    let mut spool = Spool::new(cfg.spool_capacity);
+    let mut samples: Vec<CardSample> = Vec::new();
+    let mut prev: Vec<Option<CardSample>> = vec![None; inventory.len()];
+    let mut last_probe = Instant::now();
+    let mut probe_hung_reported = false;
+    let mut hb_seq = 0u64;
+    let mut hb_sent: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut conn: Option<Conn> = None;
+    let mut retry_at = Instant::now();
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut command_seq_results: Vec<pb::CommandResult> = Vec::new();
+
+    loop {
+        if let Some(p) = io.pause.as_mut()
+            && *p.borrow()
+        {
+            // Frozen: hold everything, including the connection.
+            if p.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            continue;
+        }
+        if conn.is_none() && Instant::now() >= retry_at {
+            match connect(&cfg, &boot_id, &inventory, &mut spool).await {
+                Ok((c, hb_ms)) => {
+                    if let Some(ms) = hb_ms {
+                        interval_ms.store(u64::from(ms), Ordering::Relaxed);
+                        tick = tokio::time::interval(Duration::from_millis(u64::from(ms)));
+                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
+                    backoff.reset();
+                    io.stats.connected.store(true, Ordering::Relaxed);
+                    io.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(controller = %cfg.controller, node = %cfg.node_id, "connected");
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(controller = %cfg.controller, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");
+                    retry_at = Instant::now() + delay;
+                }
+            }
+        }
+        let pause_changed = async {
+            match io.pause.as_mut() {
+                Some(p) => {
+                    if p.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = pause_changed => {}
+            msg = next_message(&mut conn) => match msg {
+                Ok(Some(m)) => {
+                    handle_message(m, &mut spool, &mut hb_sent, &io, &mut command_seq_results, &interval_ms, &mut tick).await;
+                }
+                Ok(None) | Err(_) => {
+                    if let Err(e) = &msg {
+                        tracing::warn!(status = %e, "controller stream ended");
+                    }
+                    drop_conn(&mut conn, &mut spool, &io);
+                    retry_at = Instant::now() + backoff.next_delay();
+                }
+            },
+            Some(r) = probe_rx.recv() => {
+                last_probe = Instant::now();
+                probe_hung_reported = false;
+                let at = now_ms();
+                for s in &r.samples {
+                    let i = s.index as usize;
+                    if i < prev.len() {
+                        for (signal, detail) in sample_transitions(prev[i].as_ref(), s) {
+                            spool.push(EventBody::CardError { card: s.index, signal: signal.to_string(), detail }, at);
+                        }
+                        prev[i] = Some(s.clone());
+                    }
+                }
+                for (card, signal, detail) in r.errors {
+                    spool.push(EventBody::CardError { card, signal: signal.to_string(), detail }, at);
+                }
+                samples = r.samples;
+            }
+            Some(body) = io.events.recv() => {
+                spool.push(body, now_ms());
+                // Take whatever else is already queued, to batch it.
+                while let Ok(body) = io.events.try_recv() {
+                    spool.push(body, now_ms());
+                }
+            }
+            _ = tick.tick() => {
+                let waited = last_probe.elapsed();
+                if waited > cfg.probe_timeout && !probe_hung_reported && !inventory.is_empty() {
+                    probe_hung_reported = true;
+                    tracing::warn!(waited_ms = waited.as_millis() as u64, "card probe is not answering");
+                    for c in &inventory {
+                        spool.push(EventBody::ProbeHung { card: c.index, probe: "cards".into(), waited_ms: waited.as_millis() as u32 }, now_ms());
+                    }
+                }
+                if let Some(h) = host.as_mut() {
+                    host_last = h.sample();
+                }
+                if let Some(c) = &conn {
+                    hb_seq += 1;
+                    let hb = Heartbeat {
+                        seq: hb_seq,
+                        sent_at_ms: now_ms(),
+                        host: host_last.clone(),
+                        cards: samples.clone(),
+                        spool_dropped: spool.dropped() + io.progress_dropped.load(Ordering::Relaxed),
+                        spool_pending: spool.pending(),
+                    };
+                    let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(encode::heartbeat(&hb))) };
+                    match c.tx.try_send(msg) {
+                        Ok(()) => {
+                            io.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                            if hb_sent.len() >= 64 { hb_sent.pop_front(); }
+                            hb_sent.push_back((hb_seq, Instant::now()));
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            drop_conn(&mut conn, &mut spool, &io);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {}
+        }
+        if let Some(c) = &conn {
+            for r in command_seq_results.drain(..) {
+                let _ = c.tx.try_send(pb::AgentMessage { body: Some(pb::agent_message::Body::CommandResult(r)) });
+            }
+            if !flush(c, &mut spool) {
+                drop_conn(&mut conn, &mut spool, &io);
+            }
+        }
+    }
+}
+
+fn drop_conn(conn: &mut Option<Conn>, spool: &mut Spool, io: &AgentIo) {
+    *conn = None;
+    spool.rewind();
+    io.stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// Sends unsent spooled events; false when the connection is closed.
+fn flush(c: &Conn, spool: &mut Spool) -> bool {
+    while spool.has_unsent() {
+        let batch = spool.take_unsent(BATCH);
+        let Some(first) = batch.first().map(|e| e.seq) else {
+            break;
+        };
+        let msg = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Events(pb::EventBatch {
+                events: batch.iter().map(encode::event).collect(),
+            })),
+        };
+        match c.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                spool.unsend(first);
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+    }
+    true
+}
+
+async fn next_message(conn: &mut Option<Conn>) -> Result<Option<pb::ControllerMessage>, tonic::Status> {
+    match conn {
+        Some(c) => c.inbound.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle_message(
+    m: pb::ControllerMessage,
+    spool: &mut Spool,
+    hb_sent: &mut VecDeque<(u64, Instant)>,
+    io: &AgentIo,
+    results: &mut Vec<pb::CommandResult>,
+    interval_ms: &AtomicU64,
+    tick: &mut tokio::time::Interval,
+) {
+    use pb::controller_message::Body;
+    match m.body {
+        Some(Body::Ack(a)) => {
+            if a.event_seq > 0 {
+                spool.ack(a.event_seq);
+                io.stats.events_acked.store(spool.acked(), Ordering::Relaxed);
+            }
+            if a.heartbeat_seq > 0 {
+                io.stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
+                while let Some(&(seq, at)) = hb_sent.front() {
+                    if seq > a.heartbeat_seq {
+                        break;
+                    }
+                    hb_sent.pop_front();
+                    if seq == a.heartbeat_seq && io.stats.record_latency.load(Ordering::Relaxed) {
+                        let us = at.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                        if let Ok(mut l) = io.stats.latencies_us.lock() {
+                            l.push(us);
+                        }
+                    }
+                }
+            }
+        }
+        Some(Body::Command(cmd)) => {
+            let (ok, detail) = execute(cmd.body, io, interval_ms, tick).await;
+            results.push(pb::CommandResult {
+                command_id: cmd.id,
+                ok,
+                detail,
+            });
+        }
+        Some(Body::Welcome(_)) | None => {}
+    }
+}
+
+async fn execute(
+    body: Option<pb::command::Body>,
+    io: &AgentIo,
+    interval_ms: &AtomicU64,
+    tick: &mut tokio::time::Interval,
+) -> (bool, String) {
+    use pb::command::Body;
+    let to_worker = |order: WorkerOrder| async {
+        match &io.worker {
+            Some(w) => match w.send(order).await {
+                Ok(()) => (true, "ordered".to_owned()),
+                Err(_) => (false, "supervisor is gone".to_owned()),
+            },
+            None => (false, "this agent supervises no workers".to_owned()),
+        }
+    };
+    match body {
+        Some(Body::Configure(c)) => {
+            if !(10..=60_000).contains(&c.heartbeat_ms) {
+                return (false, format!("heartbeat_ms {} out of range", c.heartbeat_ms));
+            }
+            interval_ms.store(u64::from(c.heartbeat_ms), Ordering::Relaxed);
+            *tick = tokio::time::interval(Duration::from_millis(u64::from(c.heartbeat_ms)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (true, format!("heartbeat every {} ms", c.heartbeat_ms))
+        }
+        Some(Body::StopWorkers(s)) => {
+            to_worker(WorkerOrder::Stop {
+                grace: Duration::from_secs(u64::from(s.grace_s.max(1))),
+            })
+            .await
+        }
+        Some(Body::StartWorkers(s)) => {
+            to_worker(WorkerOrder::Start {
+                resume_from: s.resume_from,
+                restart_count: s.restart_count,
+                replaces: s.replaces,
+            })
+            .await
+        }
+        Some(Body::Quarantine(q)) => {
+            tracing::warn!(card = ?q.card, reason = %q.reason, "quarantined by the controller");
+            (true, "noted".to_owned())
+        }
+        None => (false, "empty command".to_owned()),
+    }
+}
+
+async fn connect(
+    cfg: &AgentConfig,
+    boot_id: &str,
+    inventory: &[CardInfo],
+    spool: &mut Spool,
+) -> anyhow::Result<(Conn, Option<u32>)> {
+    let endpoint = Endpoint::from_shared(cfg.controller.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await?;
+    let (tx, rx) = mpsc::channel(256);
+    let register = pb::Register {
+        node_id: cfg.node_id.to_string(),
+        boot_id: boot_id.to_owned(),
+        agent_version: crate::VERSION.to_owned(),
+        protocol_version: vigil_proto::PROTOCOL_VERSION,
+        cards: inventory.iter().map(encode::card_info).collect(),
+        spare: cfg.spare,
+        job: cfg.job.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+        last_event_seq: spool.last_seq(),
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Register(register)),
+    })
+    .await?;
+    let mut client = AgentServiceClient::new(channel);
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.session(ReceiverStream::new(rx)))
+        .await
+        .map_err(|_| anyhow::anyhow!("controller did not answer in 5 s"))??;
+    let mut inbound = resp.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("no welcome from the controller in 5 s"))??;
+    let Some(pb::ControllerMessage {
+        body: Some(pb::controller_message::Body::Welcome(w)),
+    }) = first
+    else {
+        anyhow::bail!("controller did not start with a welcome");
+    };
+    spool.ack(w.acked_event_seq);
+    spool.rewind();
+    let hb = w.config.map(|c| c.heartbeat_ms).filter(|ms| (10..=60_000).contains(ms));
+    Ok((Conn { tx, inbound }, hb))
+}
+
+fn spawn_probe_thread(
+    mut probe: Box<dyn CardProbe>,
+    interval_ms: Arc<AtomicU64>,
+    tx: mpsc::Sender<ProbeResult>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("vigil-probe".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            loop {
+                let started = std::time::Instant::now();
+                let samples = probe.sample();
+                let errors = probe.drain_errors();
+                match tx.try_send(ProbeResult { samples, errors }) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+                let period = Duration::from_millis(interval_ms.load(Ordering::Relaxed).max(10));
+                std::thread::sleep(period.saturating_sub(started.elapsed()));
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,832 @@
+//! Cluster state and the decisions taken on it.
+//!
+//! [`Cluster::apply`] is the single transition function: it takes one input
+//! (a registration, heartbeat, event, disconnection or clock tick) and the
+//! current time, updates the state and returns the effects for the shell to
+//! carry out (persist an incident, publish a feed event). It never does IO.
+
+use crate::ids::{IncidentId, JobId, NodeId};
+use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
+use crate::liveness::{self, Liveness, LivenessConfig};
+use crate::model::{AgentEvent, CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal};
+use crate::progress::{Phase, ProgressRecord};
+use crate::rules::{Action, Class, RuleTable};
+use crate::time::{Millis, Timestamp};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Settings of the decision logic.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    pub liveness: LivenessConfig,
+    pub rules: RuleTable,
+}
+
+/// A card's health, carrying its evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CardHealth {
+    Healthy,
+    Suspect {
+        since_ms: Millis,
+        reason: String,
+    },
+    Failed {
+        at_ms: Millis,
+        signal: String,
+        incident: IncidentId,
+    },
+    Quarantined {
+        at_ms: Millis,
+        reason: String,
+    },
+}
+
+impl CardHealth {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CardHealth::Healthy => "healthy",
+            CardHealth::Suspect { .. } => "suspect",
+            CardHealth::Failed { .. } => "failed",
+            CardHealth::Quarantined { .. } => "quarantined",
+        }
+    }
+}
+
+/// One card of a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct CardState {
+    #[serde(flatten)]
+    pub info: CardInfo,
+    pub health: CardHealth,
+    pub sample: Option<CardSample>,
+}
+
+/// One node as the controller knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeState {
+    pub id: NodeId,
+    pub boot_id: String,
+    pub spare: bool,
+    pub job: Option<JobId>,
+    pub connected: bool,
+    pub liveness: Liveness,
+    pub registered_at_ms: Millis,
+    pub last_seen_ms: Millis,
+    pub last_heartbeat_ms: Option<Millis>,
+    pub heartbeats: u64,
+    pub host: Option<HostMetrics>,
+    pub spool_pending: u64,
+    pub spool_dropped: u64,
+    pub cards: Vec<CardState>,
+}
+
+/// One rank of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankState {
+    pub node: NodeId,
+    pub card: Option<u32>,
+    pub step: u64,
+    pub phase: Phase,
+    pub at_ms: Millis,
+    pub ended: Option<String>,
+}
+
+/// Lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRunState {
+    Running,
+    Finished,
+    Failed,
+}
+
+/// A checkpoint and which ranks have reported writing it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointState {
+    pub step: u64,
+    pub path: String,
+    pub ranks: BTreeSet<u32>,
+    pub complete: bool,
+}
+
+/// One training job as seen through its ranks' progress records.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobState {
+    pub id: JobId,
+    pub world_size: u32,
+    pub state: JobRunState,
+    /// Highest step any rank has finished.
+    pub step: u64,
+    pub started_at_ms: Millis,
+    pub last_progress_ms: Millis,
+    pub ranks: BTreeMap<u32, RankState>,
+    pub checkpoints: BTreeMap<u64, CheckpointState>,
+    /// Steps a rank has finished since the job started.
+    pub steps_total: u64,
+    pub samples_total: u64,
+    pub tokens_total: u64,
+}
+
+impl JobState {
+    /// The newest checkpoint every rank has reported.
+    pub fn latest_complete_checkpoint(&self) -> Option<&CheckpointState> {
+        self.checkpoints.values().rev().find(|c| c.complete)
+    }
+
+    fn rank_on(&self, node: &NodeId, card: u32) -> Option<u32> {
+        self.ranks
+            .iter()
+            .find(|(_, r)| &r.node == node && r.card == Some(card))
+            .map(|(rank, _)| *rank)
+    }
+
+    fn has_rank_on(&self, node: &NodeId) -> bool {
+        self.ranks.values().any(|r| &r.node == node)
+    }
+}
+
+/// A registration, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub node: NodeId,
+    pub boot_id: String,
+    pub cards: Vec<CardInfo>,
+    pub spare: bool,
+    pub job: Option<JobId>,
+}
+
+/// One input to the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Register(Registration),
+    Heartbeat { node: NodeId, heartbeat: Heartbeat },
+    Event { node: NodeId, event: AgentEvent },
+    Disconnected { node: NodeId, boot_id: String },
+    Tick,
+}
+
+/// What the shell must do after a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Publish on the live feed.
+    Feed { kind: &'static str, data: Value },
+    /// Persist this incident (new or changed) and publish it.
+    Incident(Box<Incident>),
+}
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("node {0} has not registered")]
+    UnknownNode(NodeId),
+    #[error("node {node}: card index {card} is not in its inventory")]
+    UnknownCard { node: NodeId, card: u32 },
+    #[error("node {node}: stale boot id {got} (current {current})")]
+    StaleBoot {
+        node: NodeId,
+        got: String,
+        current: String,
+    },
+}
+
+/// The whole cluster as the controller sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    cfg: ClusterConfig,
+    nodes: BTreeMap<NodeId, NodeState>,
+    jobs: BTreeMap<JobId, JobState>,
+    incidents: BTreeMap<IncidentId, Incident>,
+    /// Open incident per root cause: (node, card or None for the node).
+    open: BTreeMap<(NodeId, Option<u32>), IncidentId>,
+    next_incident: u64,
+}
+
+/// Feed events emitted when a job advances this many steps.
+const PROGRESS_FEED_EVERY: u64 = 10;
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig) -> Self {
+        Cluster {
+            cfg,
+            next_incident: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// Restores persisted state after a controller restart: known nodes
+    /// (treated as suspect until they reconnect) and incidents.
+    pub fn restore(
+        &mut self,
+        nodes: Vec<Registration>,
+        incidents: Vec<Incident>,
+        now: Millis,
+    ) -> Vec<Effect> {
+        for reg in nodes {
+            let mut node = new_node(reg, now);
+            node.connected = false;
+            node.liveness = Liveness::Suspect {
+                since_ms: now,
+                reason: "controller restarted; waiting for the agent".to_owned(),
+            };
+            self.nodes.insert(node.id.clone(), node);
+        }
+        for inc in incidents {
+            self.next_incident = self.next_incident.max(inc.id.0 + 1);
+            if inc.state == IncidentState::Open {
+                self.open
+                    .insert((inc.cause.node.clone(), inc.cause.card), inc.id);
+                if let (Some(card), Some(node)) = (inc.cause.card, self.nodes.get_mut(&inc.cause.node))
+                    && let Some(c) = node.cards.get_mut(card as usize)
+                {
+                    c.health = CardHealth::Failed {
+                        at_ms: inc.detected_at.0,
+                        signal: inc.cause.signal.clone(),
+                        incident: inc.id,
+                    };
+                }
+            }
+            self.incidents.insert(inc.id, inc);
+        }
+        Vec::new()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: &NodeId) -> Option<&NodeState> {
+        self.nodes.get(id)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobState> {
+        self.jobs.values()
+    }
+
+    pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.incidents.values()
+    }
+
+    pub fn incident(&self, id: IncidentId) -> Option<&Incident> {
+        self.incidents.get(&id)
+    }
+
+    /// Applies one input at time `now`.
+    pub fn apply(&mut self, input: Input, now: Millis) -> Result<Vec<Effect>, Rejected> {
+        let mut fx = Vec::new();
+        match input {
+            Input::Register(reg) => self.register(reg, now, &mut fx),
+            Input::Heartbeat { node, heartbeat } => self.heartbeat(node, heartbeat, now, &mut fx)?,
+            Input::Event { node, event } => self.event(node, event, now, &mut fx)?,
+            Input::Disconnected { node, boot_id } => self.disconnected(node, boot_id, now, &mut fx),
+            Input::Tick => self.tick(now, &mut fx),
+        }
+        Ok(fx)
+    }
+
+    fn register(&mut self, reg: Registration, now: Millis, fx: &mut Vec<Effect>) {
+        let id = reg.node.clone();
+        let data = json!({
+            "node": id, "boot_id": reg.boot_id, "cards": reg.cards.len(),
+            "spare": reg.spare, "job": reg.job,
+        });
+        match self.nodes.get_mut(&id) {
+            Some(node) => {
+                let was_lost = matches!(node.liveness, Liveness::Lost { .. });
+                let same_inventory = node.cards.len() == reg.cards.len()
+                    && node.cards.iter().zip(&reg.cards).all(|(a, b)| a.info == *b);
+                node.boot_id = reg.boot_id;
+                node.spare = reg.spare;
+                node.job = reg.job;
+                node.connected = true;
+                node.last_seen_ms = now;
+                node.liveness = Liveness::Alive;
+                if !same_inventory {
+                    node.cards = reg.cards.into_iter().map(new_card).collect();
+                }
+                fx.push(Effect::Feed {
+                    kind: "node_registered",
+                    data,
+                });
+                if was_lost {
+                    self.node_came_back(&id, now, fx);
+                }
+            }
+            None => {
+                self.nodes.insert(id, new_node(reg, now));
+                fx.push(Effect::Feed {
+                    kind: "node_registered",
+                    data,
+                });
+            }
+        }
+    }
+
+    fn known_node(&mut self, id: &NodeId) -> Result<&mut NodeState, Rejected> {
+        self.nodes
+            .get_mut(id)
+            .ok_or_else(|| Rejected::UnknownNode(id.clone()))
+    }
+
+    fn heartbeat(
+        &mut self,
+        id: NodeId,
+        hb: Heartbeat,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Rejected> {
+        let node = self.known_node(&id)?;
+        for s in &hb.cards {
+            if s.index as usize >= node.cards.len() {
+                return Err(Rejected::UnknownCard {
+                    node: id,
+                    card: s.index,
+                });
+            }
+        }
+        let was_lost = matches!(node.liveness, Liveness::Lost { .. });
+        let was_suspect = matches!(node.liveness, Liveness::Suspect { .. });
+        node.last_seen_ms = now;
+        node.last_heartbeat_ms = Some(now);
+        node.heartbeats += 1;
+        node.host = Some(hb.host);
+        node.spool_pending = hb.spool_pending;
+        node.spool_dropped = hb.spool_dropped;
+        node.liveness = Liveness::Alive;
+        node.connected = true;
+        for s in hb.cards {
+            let i = s.index as usize;
+            if let Some(c) = node.cards.get_mut(i) {
+                c.sample = Some(s);
+            }
+        }
+        if was_suspect {
+            fx.push(Effect::Feed {
+                kind: "node_alive",
+                data: json!({ "node": id }),
+            });
+        }
+        if was_lost {
+            self.node_came_back(&id, now, fx);
+        }
+        Ok(())
+    }
+
+    fn node_came_back(&mut self, id: &NodeId, now: Millis, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Feed {
+            kind: "node_recovered",
+            data: json!({ "node": id }),
+        });
+        if let Some(inc_id) = self.open.get(&(id.clone(), None)).copied()
+            && let Some(inc) = self.incidents.get_mut(&inc_id)
+            && inc.kind == IncidentKind::NodeLost
+        {
+            inc.add_evidence(format!("{id} heard from again at {}", Timestamp(now)));
+            inc.resolve(now);
+            self.open.remove(&(id.clone(), None));
+            fx.push(Effect::Incident(Box::new(inc.clone())));
+        }
+    }
+
+    fn disconnected(&mut self, id: NodeId, boot_id: String, now: Millis, fx: &mut Vec<Effect>) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.boot_id != boot_id {
+            return; // an older stream of a node that has already re-registered
+        }
+        node.connected = false;
+        if matches!(node.liveness, Liveness::Alive) {
+            node.liveness = Liveness::Suspect {
+                since_ms: now,
+                reason: "stream closed".to_owned(),
+            };
+            fx.push(Effect::Feed {
+                kind: "node_suspect",
+                data: json!({ "node": id, "reason": "stream closed" }),
+            });
+        }
+    }
+
+    fn tick(&mut self, now: Millis, fx: &mut Vec<Effect>) {
+        let mut lost = Vec::new();
+        for node in self.nodes.values_mut() {
+            let next = liveness::evaluate(&self.cfg.liveness, &node.liveness, node.last_seen_ms, now);
+            if next == node.liveness {
+                continue;
+            }
+            match &next {
+                Liveness::Suspect { reason, .. } => fx.push(Effect::Feed {
+                    kind: "node_suspect",
+                    data: json!({ "node": node.id, "reason": reason }),
+                }),
+                Liveness::Lost { last_seen_ms, .. } => {
+                    fx.push(Effect::Feed {
+                        kind: "node_lost",
+                        data: json!({ "node": node.id, "last_seen": Timestamp(*last_seen_ms) }),
+                    });
+                    lost.push((node.id.clone(), *last_seen_ms));
+                }
+                Liveness::Alive => {}
+            }
+            node.liveness = next;
+        }
+        for (id, last_seen) in lost {
+            self.node_lost(id, last_seen, now, fx);
+        }
+    }
+
+    fn node_lost(&mut self, id: NodeId, last_seen: Millis, now: Millis, fx: &mut Vec<Effect>) {
+        let spare = self.nodes.get(&id).is_some_and(|n| n.spare);
+        let job = self.job_on_node(&id);
+        let cause = Cause {
+            node: id.clone(),
+            card: None,
+            rank: None,
+            signal: "heartbeat_timeout".to_owned(),
+        };
+        let evidence = format!(
+            "no message from {id} for {} ms (threshold {} ms)",
+            now - last_seen,
+            self.cfg.liveness.lost_ms()
+        );
+        let action = if spare { Action::None } else { Action::DrainNode };
+        self.open_incident(IncidentKind::NodeLost, cause, job, last_seen, now, evidence, action, fx);
+    }
+
+    fn job_on_node(&self, id: &NodeId) -> Option<JobId> {
+        self.jobs
+            .values()
+            .find(|j| j.state == JobRunState::Running && j.has_rank_on(id))
+            .map(|j| j.id.clone())
+            .or_else(|| self.nodes.get(id).and_then(|n| n.job.clone()))
+    }
+
+    fn job_on_card(&self, id: &NodeId, card: u32) -> (Option<JobId>, Option<u32>) {
+        for j in self.jobs.values().filter(|j| j.state == JobRunState::Running) {
+            if let Some(rank) = j.rank_on(id, card) {
+                return (Some(j.id.clone()), Some(rank));
+            }
+        }
+        (self.nodes.get(id).and_then(|n| n.job.clone()), None)
+    }
+
+    /// Opens an incident for `cause`, or folds the symptom into the open one
+    /// for the same root cause (the card itself, or its whole node).
+    #[allow(clippy::too_many_arguments)]
+    fn open_incident(
+        &mut self,
+        kind: IncidentKind,
+        cause: Cause,
+        job: Option<JobId>,
+        observed_at: Millis,
+        now: Millis,
+        evidence: String,
+        action: Action,
+        fx: &mut Vec<Effect>,
+    ) -> IncidentId {
+        let node_key = (cause.node.clone(), None);
+        let card_key = (cause.node.clone(), cause.card);
+        let existing = self
+            .open
+            .get(&node_key)
+            .or_else(|| self.open.get(&card_key))
+            .copied();
+        if let Some(id) = existing
+            && let Some(inc) = self.incidents.get_mut(&id)
+        {
+            inc.folded += 1;
+            inc.add_evidence(evidence);
+            fx.push(Effect::Incident(Box::new(inc.clone())));
+            return id;
+        }
+        let id = IncidentId(self.next_incident);
+        self.next_incident += 1;
+        let mut inc = Incident {
+            id,
+            job,
+            kind,
+            state: IncidentState::Open,
+            cause,
+            detected_at: Timestamp(now),
+            resolved_at: None,
+            phases: Vec::new(),
+            action: Some(action.as_str().to_owned()),
+            checkpoint: None,
+            lost_steps: None,
+            evidence: Vec::new(),
+            folded: 0,
+        };
+        inc.phase("detect", observed_at.min(now), Some(now));
+        inc.phase("localize", now, Some(now));
+        inc.add_evidence(evidence);
+        self.open.insert(card_key, id);
+        fx.push(Effect::Incident(Box::new(inc.clone())));
+        self.incidents.insert(id, inc);
+        id
+    }
+
+    fn event(
+        &mut self,
+        id: NodeId,
+        ev: AgentEvent,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Rejected> {
+        let node = self.known_node(&id)?;
+        node.last_seen_ms = now;
+        let ncards = node.cards.len();
+        match ev.body {
+            EventBody::CardError {
+                card,
+                signal,
+                detail,
+            } => {
+                if card as usize >= ncards {
+                    return Err(Rejected::UnknownCard { node: id, card });
+                }
+                // The edge validated the signal name; an unknown one is ignored.
+                if let Ok(signal) = signal.parse::<Signal>() {
+                    self.card_error(id, card, signal, detail, ev.at_ms, now, fx);
+                }
+            }
+            EventBody::ProbeHung {
+                card,
+                probe,
+                waited_ms,
+            } => {
+                fx.push(Effect::Feed {
+                    kind: "probe_hung",
+                    data: json!({ "node": id, "card": card, "probe": probe, "waited_ms": waited_ms }),
+                });
+            }
+            EventBody::WorkerExit {
+                rank,
+                pid,
+                exit_code,
+                signal,
+            } => {
+                fx.push(Effect::Feed {
+                    kind: "worker_exit",
+                    data: json!({ "node": id, "rank": rank, "pid": pid, "exit_code": exit_code, "signal": signal }),
+                });
+            }
+            EventBody::Progress(rec) => self.progress(id, rec, now, fx),
+            EventBody::Checkpoint(c) => self.progress(
+                id,
+                ProgressRecord::Checkpoint {
+                    job: c.job,
+                    rank: c.rank,
+                    step: c.step,
+                    path: c.path,
+                    bytes: c.bytes,
+                    sha256: c.sha256,
+                },
+                now,
+                fx,
+            ),
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn card_error(
+        &mut self,
+        id: NodeId,
+        card: u32,
+        signal: Signal,
+        detail: String,
+        observed_at: Millis,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let rule = self.cfg.rules.classify(signal);
+        let evidence = if detail.is_empty() {
+            format!("{id}/{card}: {signal}")
+        } else {
+            format!("{id}/{card}: {signal} ({detail})")
+        };
+        fx.push(Effect::Feed {
+            kind: "card_signal",
+            data: json!({ "node": id, "card": card, "signal": signal.to_string(), "detail": detail,
+                          "class": rule.class, "action": rule.action }),
+        });
+        if rule.action == Action::None {
+            return;
+        }
+        if !rule.fatal {
+            if let Some(c) = self.card_mut(&id, card)
+                && c.health == CardHealth::Healthy
+            {
+                c.health = CardHealth::Suspect {
+                    since_ms: now,
+                    reason: signal.to_string(),
+                };
+            }
+            return;
+        }
+        let (job, rank) = self.job_on_card(&id, card);
+        let cause = Cause {
+            node: id.clone(),
+            card: Some(card),
+            rank,
+            signal: signal.to_string(),
+        };
+        let inc = self.open_incident(
+            IncidentKind::CardFault,
+            cause,
+            job,
+            observed_at,
+            now,
+            evidence,
+            rule.action,
+            fx,
+        );
+        // An application-class signal names where the application failed;
+        // the card itself stays healthy.
+        if rule.class == Class::Application {
+            return;
+        }
+        if let Some(c) = self.card_mut(&id, card)
+            && !matches!(c.health, CardHealth::Failed { .. } | CardHealth::Quarantined { .. })
+        {
+            c.health = CardHealth::Failed {
+                at_ms: now,
+                signal: signal.to_string(),
+                incident: inc,
+            };
+            fx.push(Effect::Feed {
+                kind: "card_health",
+                data: json!({ "node": id, "card": card, "health": "failed", "signal": signal.to_string() }),
+            });
+        }
+    }
+
+    fn card_mut(&mut self, id: &NodeId, card: u32) -> Option<&mut CardState> {
+        self.nodes
+            .get_mut(id)
+            .and_then(|n| n.cards.get_mut(card as usize))
+    }
+
+    fn progress(&mut self, node: NodeId, rec: ProgressRecord, now: Millis, fx: &mut Vec<Effect>) {
+        let job_id = rec.job().clone();
+        let rank = rec.rank();
+        if let ProgressRecord::Start { world_size, card, .. } = &rec {
+            let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
+                fx.push(Effect::Feed {
+                    kind: "job_started",
+                    data: json!({ "job": job_id, "world_size": world_size }),
+                });
+                JobState {
+                    id: job_id.clone(),
+                    world_size: *world_size,
+                    state: JobRunState::Running,
+                    step: 0,
+                    started_at_ms: now,
+                    last_progress_ms: now,
+                    ranks: BTreeMap::new(),
+                    checkpoints: BTreeMap::new(),
+                    steps_total: 0,
+                    samples_total: 0,
+                    tokens_total: 0,
+                }
+            });
+            job.world_size = *world_size;
+            job.state = JobRunState::Running;
+            let r = job.ranks.entry(rank).or_insert_with(|| RankState {
+                node: node.clone(),
+                card: *card,
+                step: 0,
+                phase: Phase::End,
+                at_ms: now,
+                ended: None,
+            });
+            r.node = node;
+            r.card = *card;
+            r.ended = None;
+            r.at_ms = now;
+            return;
+        }
+        // Records from a rank that never sent `start` still count: the rank
+        // is placed on the sending node with an unknown card.
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            fx.push(Effect::Feed {
+                kind: "progress_unknown_job",
+                data: json!({ "job": job_id, "rank": rank, "node": node }),
+            });
+            return;
+        };
+        let r = job.ranks.entry(rank).or_insert_with(|| RankState {
+            node: node.clone(),
+            card: None,
+            step: 0,
+            phase: Phase::End,
+            at_ms: now,
+            ended: None,
+        });
+        r.at_ms = now;
+        match rec {
+            ProgressRecord::Step {
+                step,
+                phase,
+                samples,
+                tokens,
+                ..
+            } => {
+                r.step = step;
+                r.phase = phase;
+                job.last_progress_ms = now;
+                if phase == Phase::End {
+                    job.steps_total += 1;
+                    job.samples_total += samples.unwrap_or(0);
+                    job.tokens_total += tokens.unwrap_or(0);
+                    if step > job.step {
+                        job.step = step;
+                        if step % PROGRESS_FEED_EVERY == 0 {
+                            fx.push(Effect::Feed {
+                                kind: "job_progress",
+                                data: json!({ "job": job.id, "step": step }),
+                            });
+                        }
+                    }
+                }
+            }
+            ProgressRecord::Checkpoint { step, path, .. } => {
+                let world = job.world_size;
+                let c = job
+                    .checkpoints
+                    .entry(step)
+                    .or_insert_with(|| CheckpointState {
+                        step,
+                        path: path.clone(),
+                        ranks: BTreeSet::new(),
+                        complete: false,
+                    });
+                c.ranks.insert(rank);
+                if !c.complete && c.ranks.len() as u32 >= world {
+                    c.complete = true;
+                    fx.push(Effect::Feed {
+                        kind: "checkpoint_complete",
+                        data: json!({ "job": job.id, "step": step, "path": c.path }),
+                    });
+                }
+            }
+            ProgressRecord::End { status, .. } => {
+                r.ended = Some(status);
+                if job.ranks.len() as u32 >= job.world_size
+                    && job.ranks.values().all(|r| r.ended.is_some())
+                {
+                    let ok = job
+                        .ranks
+                        .values()
+                        .all(|r| r.ended.as_deref() == Some("ok"));
+                    job.state = if ok {
+                        JobRunState::Finished
+                    } else {
+                        JobRunState::Failed
+                    };
+                    fx.push(Effect::Feed {
+                        kind: "job_ended",
+                        data: json!({ "job": job.id, "state": job.state, "step": job.step }),
+                    });
+                }
+            }
+            ProgressRecord::Start { .. } => {}
+        }
+    }
+}
+
+fn new_card(info: CardInfo) -> CardState {
+    CardState {
+        info,
+        health: CardHealth::Healthy,
+        sample: None,
+    }
+}
+
+fn new_node(reg: Registration, now: Millis) -> NodeState {
+    NodeState {
+        id: reg.node,
+        boot_id: reg.boot_id,
+        spare: reg.spare,
+        job: reg.job,
+        connected: true,
+        liveness: Liveness::Alive,
+        registered_at_ms: now,
+        last_seen_ms: now,
+        last_heartbeat_ms: None,
+        heartbeats: 0,
+        host: None,
+        spool_pending: 0,
+        spool_dropped: 0,
+        cards: reg.cards.into_iter().map(new_card).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
