@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vigil_core::model::{
-    CardInfo, CardSample, Signal, THROTTLE_HW_THERMAL, THROTTLE_SW_THERMAL,
-};
+use vigil_core::model::{CardInfo, CardSample, Signal, THROTTLE_HW_THERMAL, THROTTLE_SW_THERMAL};
 
 /// A source of card readings.
 pub trait CardProbe: Send + 'static {
@@ -325,7 +323,10 @@ impl CardProbe for SimCards {
 }
 
 /// Builds the probe for a spec. Backends not in this build fail clearly.
-pub fn from_spec(spec: &CardSpec, node: &str) -> Result<(Box<dyn CardProbe>, Option<SimHandle>), String> {
+pub fn from_spec(
+    spec: &CardSpec,
+    node: &str,
+) -> Result<(Box<dyn CardProbe>, Option<SimHandle>), String> {
     match spec {
         CardSpec::Auto | CardSpec::None => Ok((Box::new(NoCards), None)),
         CardSpec::Sim(n) => {
@@ -358,7 +359,11 @@ mod tests {
         let (mut cards, h) = SimCards::new("n0", 4, "H100");
         let before = cards.sample();
         assert_eq!(before.len(), 4);
-        assert!(before.iter().all(|s| !s.unreachable && s.temperature_c > 20.0));
+        assert!(
+            before
+                .iter()
+                .all(|s| !s.unreachable && s.temperature_c > 20.0)
+        );
         h.inject(&SimFault::EccDbe { card: 2 }).expect("valid");
         h.inject(&SimFault::GpuLost { card: 1 }).expect("valid");
         let after = cards.sample();

@@ -186,24 +186,44 @@ mod tests {
 
     #[test]
     fn flags_are_validated() {
-        let c = parse(&["--controller", "http://127.0.0.1:7070", "--node-id", "n0", "--cards", "sim:4"])
-            .expect("valid");
+        let c = parse(&[
+            "--controller",
+            "http://127.0.0.1:7070",
+            "--node-id",
+            "n0",
+            "--cards",
+            "sim:4",
+        ])
+        .expect("valid");
         assert_eq!(c.cards, CardSpec::Sim(4));
         assert_eq!(c.node_id.as_str(), "n0");
         assert!(parse(&["--node-id", "n0"]).is_err_and(|e| e.contains("--controller")));
         assert!(parse(&["--controller", "127.0.0.1:7070"]).is_err_and(|e| e.contains("http://")));
         assert!(
-            parse(&["--controller", "http://x", "--node-id", "a b"]).is_err_and(|e| e.contains("node"))
+            parse(&["--controller", "http://x", "--node-id", "a b"])
+                .is_err_and(|e| e.contains("node"))
         );
         assert!(parse(&["--controller", "http://x", "--cards", "gpu"]).is_err());
         assert!(parse(&["--controller", "http://x", "--heartbeat-ms", "0"]).is_err());
-        assert!(parse(&["--controller", "http://x", "--spare"]).is_err_and(|e| e.contains("worker")));
+        assert!(
+            parse(&["--controller", "http://x", "--spare"]).is_err_and(|e| e.contains("worker"))
+        );
     }
 
     #[test]
     fn worker_command_after_dashes() {
-        let c = parse(&["--controller", "http://x", "--node-id", "n0", "--", "python3", "train.py", "--lr", "1"])
-            .expect("valid");
+        let c = parse(&[
+            "--controller",
+            "http://x",
+            "--node-id",
+            "n0",
+            "--",
+            "python3",
+            "train.py",
+            "--lr",
+            "1",
+        ])
+        .expect("valid");
         assert_eq!(c.worker, ["python3", "train.py", "--lr", "1"]);
     }
 }

@@ -19,7 +19,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vigil-agent: cannot start the runtime: {e}");
@@ -45,7 +48,8 @@ fn init_tracing() {
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let (probe, sim) = cards::from_spec(&cfg.cards, cfg.node_id.as_str()).map_err(anyhow::Error::msg)?;
+    let (probe, sim) =
+        cards::from_spec(&cfg.cards, cfg.node_id.as_str()).map_err(anyhow::Error::msg)?;
     let (mut io, events_tx) = AgentIo::new();
     let dropped: Arc<AtomicU64> = io.progress_dropped.clone();
     let mut progress_url = String::new();
@@ -71,7 +75,13 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             node_id: cfg.node_id.to_string(),
             progress_url,
         };
-        tokio::spawn(supervise(cfg.worker.clone(), env, !cfg.spare, wrx, events_tx.clone()));
+        tokio::spawn(supervise(
+            cfg.worker.clone(),
+            env,
+            !cfg.spare,
+            wrx,
+            events_tx.clone(),
+        ));
     }
     let run = vigil_agent::run(cfg, probe, io);
     tokio::select! {

@@ -30,7 +30,11 @@ pub type DropCounter = Arc<AtomicU64>;
 
 /// The router: `POST /v1/progress`, `GET /healthz`, and with simulated cards
 /// `POST /v1/sim/fault` (a test hook that injects a card fault).
-pub fn router(events: mpsc::Sender<EventBody>, dropped: DropCounter, sim: Option<SimHandle>) -> Router {
+pub fn router(
+    events: mpsc::Sender<EventBody>,
+    dropped: DropCounter,
+    sim: Option<SimHandle>,
+) -> Router {
     Router::new()
         .route("/v1/progress", post(progress))
         .route("/v1/sim/fault", post(sim_fault))

@@ -133,7 +133,9 @@ async fn stop(child: &mut Child, grace: Duration) {
 
 #[allow(unsafe_code)]
 fn signal_group(pgid: u32, sig: i32) {
-    let Ok(pgid) = i32::try_from(pgid) else { return };
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe {
         libc::kill(-pgid, sig);

@@ -24,7 +24,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use vigil_core::Millis;
-use vigil_core::model::{CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal, sample_transitions};
+use vigil_core::model::{
+    CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal, sample_transitions,
+};
 use vigil_proto::v1 as pb;
 use vigil_proto::v1::agent_service_client::AgentServiceClient;
 
@@ -95,7 +97,11 @@ struct ProbeResult {
 const BATCH: usize = 512;
 
 /// Runs the agent until the process ends.
-pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, mut io: AgentIo) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    probe: Box<dyn CardProbe>,
+    mut io: AgentIo,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(cfg.backoff).map_err(anyhow::Error::msg)?;
     let boot_id = format!("{:016x}", crate::backoff::random_u64());
     let inventory = probe.inventory();
@@ -177,6 +183,11 @@ pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, mut io: AgentIo) -
                 last_probe = Instant::now();
                 probe_hung_reported = false;
                 let at = now_ms();
+                // Error events first: a driver logs an XID before the card
+                // stops answering, and the first signal names the incident.
+                for (card, signal, detail) in r.errors {
+                    spool.push(EventBody::CardError { card, signal: signal.to_string(), detail }, at);
+                }
                 for s in &r.samples {
                     let i = s.index as usize;
                     if i < prev.len() {
@@ -185,9 +196,6 @@ pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, mut io: AgentIo) -
                         }
                         prev[i] = Some(s.clone());
                     }
-                }
-                for (card, signal, detail) in r.errors {
-                    spool.push(EventBody::CardError { card, signal: signal.to_string(), detail }, at);
                 }
                 samples = r.samples;
             }
@@ -238,7 +246,9 @@ pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, mut io: AgentIo) -
         }
         if let Some(c) = &conn {
             for r in command_seq_results.drain(..) {
-                let _ = c.tx.try_send(pb::AgentMessage { body: Some(pb::agent_message::Body::CommandResult(r)) });
+                let _ = c.tx.try_send(pb::AgentMessage {
+                    body: Some(pb::agent_message::Body::CommandResult(r)),
+                });
             }
             if !flush(c, &mut spool) {
                 drop_conn(&mut conn, &mut spool, &io);
@@ -277,7 +287,9 @@ fn flush(c: &Conn, spool: &mut Spool) -> bool {
     true
 }
 
-async fn next_message(conn: &mut Option<Conn>) -> Result<Option<pb::ControllerMessage>, tonic::Status> {
+async fn next_message(
+    conn: &mut Option<Conn>,
+) -> Result<Option<pb::ControllerMessage>, tonic::Status> {
     match conn {
         Some(c) => c.inbound.message().await,
         None => std::future::pending().await,
@@ -298,7 +310,9 @@ async fn handle_message(
         Some(Body::Ack(a)) => {
             if a.event_seq > 0 {
                 spool.ack(a.event_seq);
-                io.stats.events_acked.store(spool.acked(), Ordering::Relaxed);
+                io.stats
+                    .events_acked
+                    .store(spool.acked(), Ordering::Relaxed);
             }
             if a.heartbeat_seq > 0 {
                 io.stats.heartbeats_acked.fetch_add(1, Ordering::Relaxed);
@@ -347,7 +361,10 @@ async fn execute(
     match body {
         Some(Body::Configure(c)) => {
             if !(10..=60_000).contains(&c.heartbeat_ms) {
-                return (false, format!("heartbeat_ms {} out of range", c.heartbeat_ms));
+                return (
+                    false,
+                    format!("heartbeat_ms {} out of range", c.heartbeat_ms),
+                );
             }
             interval_ms.store(u64::from(c.heartbeat_ms), Ordering::Relaxed);
             *tick = tokio::time::interval(Duration::from_millis(u64::from(c.heartbeat_ms)));
@@ -404,9 +421,12 @@ async fn connect(
     })
     .await?;
     let mut client = AgentServiceClient::new(channel);
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.session(ReceiverStream::new(rx)))
-        .await
-        .map_err(|_| anyhow::anyhow!("controller did not answer in 5 s"))??;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.session(ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("controller did not answer in 5 s"))??;
     let mut inbound = resp.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
         .await
@@ -419,7 +439,10 @@ async fn connect(
     };
     spool.ack(w.acked_event_seq);
     spool.rewind();
-    let hb = w.config.map(|c| c.heartbeat_ms).filter(|ms| (10..=60_000).contains(ms));
+    let hb = w
+        .config
+        .map(|c| c.heartbeat_ms)
+        .filter(|ms| (10..=60_000).contains(ms));
     Ok((Conn { tx, inbound }, hb))
 }
 

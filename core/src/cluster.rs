@@ -241,7 +241,8 @@ impl Cluster {
             if inc.state == IncidentState::Open {
                 self.open
                     .insert((inc.cause.node.clone(), inc.cause.card), inc.id);
-                if let (Some(card), Some(node)) = (inc.cause.card, self.nodes.get_mut(&inc.cause.node))
+                if let (Some(card), Some(node)) =
+                    (inc.cause.card, self.nodes.get_mut(&inc.cause.node))
                     && let Some(c) = node.cards.get_mut(card as usize)
                 {
                     c.health = CardHealth::Failed {
@@ -256,7 +257,7 @@ impl Cluster {
         Vec::new()
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+    pub fn nodes(&self) -> impl DoubleEndedIterator<Item = &NodeState> {
         self.nodes.values()
     }
 
@@ -264,11 +265,11 @@ impl Cluster {
         self.nodes.get(id)
     }
 
-    pub fn jobs(&self) -> impl Iterator<Item = &JobState> {
+    pub fn jobs(&self) -> impl DoubleEndedIterator<Item = &JobState> {
         self.jobs.values()
     }
 
-    pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
+    pub fn incidents(&self) -> impl DoubleEndedIterator<Item = &Incident> {
         self.incidents.values()
     }
 
@@ -281,7 +282,9 @@ impl Cluster {
         let mut fx = Vec::new();
         match input {
             Input::Register(reg) => self.register(reg, now, &mut fx),
-            Input::Heartbeat { node, heartbeat } => self.heartbeat(node, heartbeat, now, &mut fx)?,
+            Input::Heartbeat { node, heartbeat } => {
+                self.heartbeat(node, heartbeat, now, &mut fx)?
+            }
             Input::Event { node, event } => self.event(node, event, now, &mut fx)?,
             Input::Disconnected { node, boot_id } => self.disconnected(node, boot_id, now, &mut fx),
             Input::Tick => self.tick(now, &mut fx),
@@ -416,7 +419,8 @@ impl Cluster {
     fn tick(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         let mut lost = Vec::new();
         for node in self.nodes.values_mut() {
-            let next = liveness::evaluate(&self.cfg.liveness, &node.liveness, node.last_seen_ms, now);
+            let next =
+                liveness::evaluate(&self.cfg.liveness, &node.liveness, node.last_seen_ms, now);
             if next == node.liveness {
                 continue;
             }
@@ -455,8 +459,21 @@ impl Cluster {
             now - last_seen,
             self.cfg.liveness.lost_ms()
         );
-        let action = if spare { Action::None } else { Action::DrainNode };
-        self.open_incident(IncidentKind::NodeLost, cause, job, last_seen, now, evidence, action, fx);
+        let action = if spare {
+            Action::None
+        } else {
+            Action::DrainNode
+        };
+        self.open_incident(
+            IncidentKind::NodeLost,
+            cause,
+            job,
+            last_seen,
+            now,
+            evidence,
+            action,
+            fx,
+        );
     }
 
     fn job_on_node(&self, id: &NodeId) -> Option<JobId> {
@@ -468,7 +485,11 @@ impl Cluster {
     }
 
     fn job_on_card(&self, id: &NodeId, card: u32) -> (Option<JobId>, Option<u32>) {
-        for j in self.jobs.values().filter(|j| j.state == JobRunState::Running) {
+        for j in self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobRunState::Running)
+        {
             if let Some(rank) = j.rank_on(id, card) {
                 return (Some(j.id.clone()), Some(rank));
             }
@@ -653,7 +674,10 @@ impl Cluster {
             return;
         }
         if let Some(c) = self.card_mut(&id, card)
-            && !matches!(c.health, CardHealth::Failed { .. } | CardHealth::Quarantined { .. })
+            && !matches!(
+                c.health,
+                CardHealth::Failed { .. } | CardHealth::Quarantined { .. }
+            )
         {
             c.health = CardHealth::Failed {
                 at_ms: now,
@@ -676,7 +700,10 @@ impl Cluster {
     fn progress(&mut self, node: NodeId, rec: ProgressRecord, now: Millis, fx: &mut Vec<Effect>) {
         let job_id = rec.job().clone();
         let rank = rec.rank();
-        if let ProgressRecord::Start { world_size, card, .. } = &rec {
+        if let ProgressRecord::Start {
+            world_size, card, ..
+        } = &rec
+        {
             let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
                 fx.push(Effect::Feed {
                     kind: "job_started",
@@ -712,15 +739,24 @@ impl Cluster {
             r.at_ms = now;
             return;
         }
-        // Records from a rank that never sent `start` still count: the rank
-        // is placed on the sending node with an unknown card.
-        let Some(job) = self.jobs.get_mut(&job_id) else {
-            fx.push(Effect::Feed {
-                kind: "progress_unknown_job",
-                data: json!({ "job": job_id, "rank": rank, "node": node }),
-            });
-            return;
-        };
+        // Records of a job whose `start` records were never seen (the job
+        // started before this controller, or its agent restarted) still
+        // count: the job is created and sized by the highest rank seen, and
+        // the rank is placed on the sending node with an unknown card.
+        let job = self.jobs.entry(job_id.clone()).or_insert_with(|| JobState {
+            id: job_id.clone(),
+            world_size: rank + 1,
+            state: JobRunState::Running,
+            step: 0,
+            started_at_ms: now,
+            last_progress_ms: now,
+            ranks: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            steps_total: 0,
+            samples_total: 0,
+            tokens_total: 0,
+        });
+        job.world_size = job.world_size.max(rank + 1);
         let r = job.ranks.entry(rank).or_insert_with(|| RankState {
             node: node.clone(),
             card: None,
@@ -781,10 +817,7 @@ impl Cluster {
                 if job.ranks.len() as u32 >= job.world_size
                     && job.ranks.values().all(|r| r.ended.is_some())
                 {
-                    let ok = job
-                        .ranks
-                        .values()
-                        .all(|r| r.ended.as_deref() == Some("ok"));
+                    let ok = job.ranks.values().all(|r| r.ended.as_deref() == Some("ok"));
                     job.state = if ok {
                         JobRunState::Finished
                     } else {

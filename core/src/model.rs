@@ -229,10 +229,16 @@ pub fn sample_transitions(prev: Option<&CardSample>, cur: &CardSample) -> Vec<(S
         ));
     }
     if cur.unreachable && !p.unreachable {
-        out.push((Signal::GpuLost, "card stopped answering its probe".to_owned()));
+        out.push((
+            Signal::GpuLost,
+            "card stopped answering its probe".to_owned(),
+        ));
     }
     if cur.retirement_pending && !p.retirement_pending {
-        out.push((Signal::RetiredPages, "row remap / page retirement pending".to_owned()));
+        out.push((
+            Signal::RetiredPages,
+            "row remap / page retirement pending".to_owned(),
+        ));
     }
     if cur.nvlink_up < cur.nvlink_total && (prev.is_none() || cur.nvlink_up < p.nvlink_up) {
         out.push((
@@ -304,12 +310,21 @@ mod transition_tests {
         assert!(sample_transitions(Some(&cur), &cur).is_empty());
         let mut hot = healthy();
         hot.throttle_reasons = THROTTLE_HW_THERMAL;
-        assert_eq!(sample_transitions(Some(&healthy()), &hot)[0].0, Signal::Thermal);
+        assert_eq!(
+            sample_transitions(Some(&healthy()), &hot)[0].0,
+            Signal::Thermal
+        );
         let mut narrow = healthy();
         narrow.pcie_link_width = 8;
-        assert_eq!(sample_transitions(Some(&healthy()), &narrow)[0].0, Signal::PcieDegraded);
+        assert_eq!(
+            sample_transitions(Some(&healthy()), &narrow)[0].0,
+            Signal::PcieDegraded
+        );
         let mut link = healthy();
         link.nvlink_up = 17;
-        assert_eq!(sample_transitions(Some(&healthy()), &link)[0].0, Signal::Nvlink);
+        assert_eq!(
+            sample_transitions(Some(&healthy()), &link)[0].0,
+            Signal::Nvlink
+        );
     }
 }

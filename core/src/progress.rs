@@ -196,8 +196,8 @@ mod tests {
 
     #[test]
     fn phase_defaults_to_end_and_extra_fields_are_ignored() {
-        let recs = parse_body(r#"{"type":"step","job":"J","rank":0,"step":1,"loss":2.5}"#)
-            .expect("valid");
+        let recs =
+            parse_body(r#"{"type":"step","job":"J","rank":0,"step":1,"loss":2.5}"#).expect("valid");
         assert!(matches!(
             recs[0],
             ProgressRecord::Step {

@@ -223,7 +223,10 @@ fn application_xids_do_not_blame_the_card() {
     reg(&mut c, "n0", 0);
     let fx = ev(&mut c, "n0", xid(1, 13), 10);
     assert_eq!(incidents(&fx)[0].action.as_deref(), Some("restart_app"));
-    assert_eq!(c.node(&node("n0")).expect("node").cards[1].health, CardHealth::Healthy);
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[1].health,
+        CardHealth::Healthy
+    );
     // Informational ones open nothing.
     let fx = ev(&mut c, "n0", xid(2, 63), 20);
     assert!(incidents(&fx).is_empty());
@@ -244,7 +247,10 @@ fn non_fatal_signals_make_a_card_suspect() {
         10,
     );
     assert!(incidents(&fx).is_empty());
-    assert_eq!(c.node(&node("n0")).expect("node").cards[3].health.name(), "suspect");
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[3].health.name(),
+        "suspect"
+    );
 }
 
 #[test]
@@ -290,7 +296,13 @@ fn checkpoints_complete_when_every_rank_reports() {
     let j = c.jobs().next().expect("job");
     assert!(j.latest_complete_checkpoint().is_none());
     let fx = ev(&mut c, "n0", ck(1), 3);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Feed { kind: "checkpoint_complete", .. })));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Feed {
+            kind: "checkpoint_complete",
+            ..
+        }
+    )));
     let j = c.jobs().next().expect("job");
     assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(10));
 }
@@ -310,7 +322,10 @@ fn restore_reopens_incidents_and_continues_numbering() {
     }];
     let mut d = cluster();
     d.restore(regs, saved, 100);
-    assert_eq!(d.node(&node("n2")).expect("node").cards[5].health.name(), "failed");
+    assert_eq!(
+        d.node(&node("n2")).expect("node").cards[5].health.name(),
+        "failed"
+    );
     // The same cause folds into the restored incident.
     let fx = ev(&mut d, "n2", xid(5, 79), 200);
     assert_eq!(incidents(&fx)[0].id, IncidentId(1));
@@ -321,47 +336,53 @@ fn restore_reopens_incidents_and_continues_numbering() {
 
 fn arb_input() -> impl Strategy<Value = (u8, Input)> {
     let n = prop_oneof![Just("n0"), Just("n1"), Just("n2")];
-    (n, 0u8..6, 0u32..9, prop::sample::select(vec![13u32, 48, 63, 79])).prop_map(|(n, k, card, code)| {
-        let input = match k {
-            0 => Input::Register(Registration {
-                node: node(n),
-                boot_id: "b".into(),
-                cards: cards(8),
-                spare: false,
-                job: None,
-            }),
-            1 => Input::Heartbeat {
-                node: node(n),
-                heartbeat: Heartbeat::default(),
-            },
-            2 => Input::Event {
-                node: node(n),
-                event: AgentEvent {
-                    seq: 1,
-                    at_ms: 0,
-                    body: xid(card, code),
+    (
+        n,
+        0u8..6,
+        0u32..9,
+        prop::sample::select(vec![13u32, 48, 63, 79]),
+    )
+        .prop_map(|(n, k, card, code)| {
+            let input = match k {
+                0 => Input::Register(Registration {
+                    node: node(n),
+                    boot_id: "b".into(),
+                    cards: cards(8),
+                    spare: false,
+                    job: None,
+                }),
+                1 => Input::Heartbeat {
+                    node: node(n),
+                    heartbeat: Heartbeat::default(),
                 },
-            },
-            3 => Input::Disconnected {
-                node: node(n),
-                boot_id: "b".into(),
-            },
-            4 => Input::Event {
-                node: node(n),
-                event: AgentEvent {
-                    seq: 1,
-                    at_ms: 0,
-                    body: EventBody::CardError {
-                        card,
-                        signal: "ecc_dbe".into(),
-                        detail: String::new(),
+                2 => Input::Event {
+                    node: node(n),
+                    event: AgentEvent {
+                        seq: 1,
+                        at_ms: 0,
+                        body: xid(card, code),
                     },
                 },
-            },
-            _ => Input::Tick,
-        };
-        (k, input)
-    })
+                3 => Input::Disconnected {
+                    node: node(n),
+                    boot_id: "b".into(),
+                },
+                4 => Input::Event {
+                    node: node(n),
+                    event: AgentEvent {
+                        seq: 1,
+                        at_ms: 0,
+                        body: EventBody::CardError {
+                            card,
+                            signal: "ecc_dbe".into(),
+                            detail: String::new(),
+                        },
+                    },
+                },
+                _ => Input::Tick,
+            };
+            (k, input)
+        })
 }
 
 proptest! {
@@ -391,4 +412,26 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn progress_of_a_job_never_started_here_is_still_tracked() {
+    let mut c = cluster();
+    reg(&mut c, "n0", 0);
+    ev(
+        &mut c,
+        "n0",
+        EventBody::Progress(ProgressRecord::Step {
+            job: job("late"),
+            rank: 3,
+            step: 40,
+            phase: Phase::End,
+            samples: None,
+            tokens: None,
+        }),
+        5,
+    );
+    let j = c.jobs().next().expect("job");
+    assert_eq!(j.world_size, 4);
+    assert_eq!(j.step, 40);
 }

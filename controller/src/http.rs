@@ -1,0 +1,318 @@
+//! HTTP: the JSON API, the SSE feed, health and readiness, the dashboard.
+
+use crate::state::{FeedEvent, StateHandle};
+use crate::store::Store;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use vigil_core::{IncidentId, Timestamp};
+
+#[derive(Clone, Debug)]
+struct Ctx {
+    state: StateHandle,
+    store: Store,
+}
+
+/// The HTTP router.
+pub fn router(state: StateHandle, store: Store) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/status", get(status))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
+        .with_state(Ctx { state, store })
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "controller is shutting down",
+    )
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> Response {
+    let state_ok = ctx.state.query(|_| ()).await.is_some();
+    let store_ok = ctx.store.ping().await;
+    if state_ok && store_ok {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: state {state_ok}, store {store_ok}\n"),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(ctx): State<Ctx>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &ctx.state.stats;
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "streams": s.streams.load(Relaxed),
+        "heartbeats": s.heartbeats.load(Relaxed),
+        "events": s.events.load(Relaxed),
+        "duplicate_events": s.duplicate_events.load(Relaxed),
+        "rejected": s.rejected.load(Relaxed),
+    }))
+    .into_response()
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Response {
+    match ctx
+        .state
+        .query(|c| {
+            c.nodes()
+                .map(|n| serde_json::to_value(n).unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Some(v) => axum::Json(v).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn node(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    let Ok(id) = vigil_core::NodeId::new(id.clone()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a valid node id"),
+        );
+    };
+    let key = id.clone();
+    match ctx
+        .state
+        .query(move |c| {
+            c.node(&key)
+                .map(|n| serde_json::to_value(n).unwrap_or_default())
+        })
+        .await
+    {
+        Some(Some(v)) => axum::Json(v).into_response(),
+        Some(None) => error(StatusCode::NOT_FOUND, format!("unknown node {id}")),
+        None => unavailable(),
+    }
+}
+
+async fn jobs(State(ctx): State<Ctx>) -> Response {
+    match ctx
+        .state
+        .query(|c| {
+            c.jobs()
+                .map(|j| serde_json::to_value(j).unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Some(v) => axum::Json(v).into_response(),
+        None => unavailable(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentQuery {
+    job: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn incidents(
+    State(ctx): State<Ctx>,
+    q: Result<Query<IncidentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let since = match q.since.as_deref().map(Timestamp::parse_rfc3339).transpose() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("since: {e}")),
+    };
+    let limit = q.limit.unwrap_or(1000);
+    let job = q.job;
+    match ctx
+        .state
+        .query(move |c| {
+            c.incidents()
+                .rev()
+                .filter(|i| {
+                    job.as_deref()
+                        .is_none_or(|j| i.job.as_ref().is_some_and(|x| x.as_str() == j))
+                })
+                .filter(|i| since.is_none_or(|s| i.detected_at >= s))
+                .take(limit)
+                .map(|i| serde_json::to_value(i).unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .await
+    {
+        Some(v) => axum::Json(v).into_response(),
+        None => unavailable(),
+    }
+}
+
+async fn incident(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<IncidentId>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an incident id (inc-N)"),
+        );
+    };
+    match ctx
+        .state
+        .query(move |c| {
+            c.incident(id)
+                .map(|i| serde_json::to_value(i).unwrap_or_default())
+        })
+        .await
+    {
+        Some(Some(v)) => axum::Json(v).into_response(),
+        Some(None) => error(StatusCode::NOT_FOUND, format!("unknown incident {id}")),
+        None => unavailable(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// One item of a feed stream.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    Event(Arc<FeedEvent>),
+    /// The consumer fell behind and this many events were skipped.
+    Dropped(u64),
+}
+
+/// The feed from `after`: stored history, retained recent events, then live
+/// events, without gaps or repeats.
+pub async fn feed_stream(
+    state: StateHandle,
+    store: Store,
+    after: u64,
+) -> Option<impl Stream<Item = FeedItem> + Send + 'static> {
+    let sub = state.subscribe().await?;
+    let cutoff = sub.recent.first().map_or(u64::MAX, |e| e.seq);
+    let mut backlog: VecDeque<Arc<FeedEvent>> = VecDeque::new();
+    if after.saturating_add(1) < cutoff {
+        let mut cursor = after;
+        'read: loop {
+            let rows = store.feed_after(cursor, 1000).await.unwrap_or_default();
+            let n = rows.len();
+            for r in rows {
+                if r.seq >= cutoff {
+                    break 'read;
+                }
+                cursor = r.seq;
+                backlog.push_back(Arc::new(FeedEvent::from(r)));
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+    }
+    let mut last = backlog.back().map_or(after, |e| e.seq);
+    for e in sub.recent {
+        if e.seq > last {
+            last = e.seq;
+            backlog.push_back(e);
+        }
+    }
+    Some(futures_util::stream::unfold(
+        (backlog, sub.live, last),
+        |(mut backlog, mut live, mut last)| async move {
+            if let Some(e) = backlog.pop_front() {
+                return Some((FeedItem::Event(e), (backlog, live, last)));
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.seq > last => {
+                        last = e.seq;
+                        return Some((FeedItem::Event(e), (backlog, live, last)));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Some((FeedItem::Dropped(n), (backlog, live, last)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    ))
+}
+
+async fn events(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let from_header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().parse::<u64>());
+    let after = match from_header {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID must be a feed sequence number",
+            );
+        }
+        None => q.after.unwrap_or(0),
+    };
+    let Some(feed) = feed_stream(ctx.state.clone(), ctx.store.clone(), after).await else {
+        return unavailable();
+    };
+    let stream = tokio_stream::StreamExt::map(feed, |item| -> Result<Event, Infallible> {
+        Ok(match item {
+            FeedItem::Event(e) => Event::default()
+                .id(e.seq.to_string())
+                .event(e.kind.clone())
+                .data(serde_json::to_string(&*e).unwrap_or_default()),
+            FeedItem::Dropped(n) => Event::default()
+                .event("dropped")
+                .data(json!({ "dropped": n }).to_string()),
+        })
+    });
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

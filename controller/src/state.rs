@@ -1,0 +1,402 @@
+//! The task that owns cluster state.
+//!
+//! gRPC and HTTP handlers never touch [`Cluster`] directly: they send
+//! messages to this one task, which applies them in order with the current
+//! time, and then carries out the effects (acknowledge a heartbeat, persist
+//! an incident, publish a feed event). Reads are closures run inside the
+//! task, so there are no locks around cluster state.
+
+use crate::store::{FeedRow, Store};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+use vigil_core::cluster::{Cluster, Effect, Input, Registration};
+use vigil_core::incident::Incident;
+use vigil_core::model::{AgentEvent, Heartbeat};
+use vigil_core::{Millis, NodeId};
+use vigil_proto::v1 as pb;
+
+/// The sending half of an agent's response stream.
+pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// One event of the live feed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedEvent {
+    pub seq: u64,
+    pub at: vigil_core::Timestamp,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+impl From<FeedRow> for FeedEvent {
+    fn from(r: FeedRow) -> Self {
+        FeedEvent {
+            seq: r.seq,
+            at: vigil_core::Timestamp(r.at_ms),
+            kind: r.kind,
+            data: r.data,
+        }
+    }
+}
+
+/// Counters about the controller itself.
+#[derive(Debug, Default)]
+pub struct ControllerStats {
+    pub streams: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub events: AtomicU64,
+    pub duplicate_events: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+type QueryFn = Box<dyn FnOnce(&Cluster) + Send>;
+
+enum Msg {
+    Attach {
+        conn: u64,
+        tx: AgentTx,
+        reg: Registration,
+    },
+    Heartbeat {
+        node: NodeId,
+        heartbeat: Heartbeat,
+    },
+    Events {
+        node: NodeId,
+        events: Vec<AgentEvent>,
+    },
+    Disconnected {
+        node: NodeId,
+        boot_id: String,
+        conn: u64,
+    },
+    Feed {
+        kind: &'static str,
+        data: serde_json::Value,
+    },
+    Query(QueryFn),
+    Subscribe(oneshot::Sender<Subscription>),
+}
+
+/// A feed subscription: recent events then live ones.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The retained recent events, oldest first.
+    pub recent: Vec<Arc<FeedEvent>>,
+    /// Live events after `recent`.
+    pub live: broadcast::Receiver<Arc<FeedEvent>>,
+}
+
+/// Handle to the state task.
+#[derive(Clone, Debug)]
+pub struct StateHandle {
+    tx: mpsc::Sender<Msg>,
+    pub stats: Arc<ControllerStats>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Feed events kept in memory for new subscribers.
+const RECENT: usize = 10_000;
+
+impl StateHandle {
+    async fn send(&self, m: Msg) -> bool {
+        self.tx.send(m).await.is_ok()
+    }
+
+    /// A node's stream is open and registered.
+    pub async fn attach(&self, conn: u64, reg: Registration, tx: AgentTx) -> bool {
+        self.send(Msg::Attach { conn, tx, reg }).await
+    }
+
+    pub async fn heartbeat(&self, node: NodeId, heartbeat: Heartbeat) -> bool {
+        self.send(Msg::Heartbeat { node, heartbeat }).await
+    }
+
+    /// Events already stored durably.
+    pub async fn events(&self, node: NodeId, events: Vec<AgentEvent>) -> bool {
+        self.send(Msg::Events { node, events }).await
+    }
+
+    /// Stream `conn` of a node ended.
+    pub async fn disconnected(&self, node: NodeId, boot_id: String, conn: u64) {
+        self.send(Msg::Disconnected {
+            node,
+            boot_id,
+            conn,
+        })
+        .await;
+    }
+
+    /// Publishes a feed event that did not come from cluster state.
+    pub async fn feed(&self, kind: &'static str, data: serde_json::Value) {
+        self.send(Msg::Feed { kind, data }).await;
+    }
+
+    /// Runs `f` on the cluster state and returns its result.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cluster) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (otx, orx) = oneshot::channel();
+        let q: QueryFn = Box::new(move |c| {
+            let _ = otx.send(f(c));
+        });
+        if !self.send(Msg::Query(q)).await {
+            return None;
+        }
+        orx.await.ok()
+    }
+
+    pub async fn subscribe(&self) -> Option<Subscription> {
+        let (otx, orx) = oneshot::channel();
+        if !self.send(Msg::Subscribe(otx)).await {
+            return None;
+        }
+        orx.await.ok()
+    }
+}
+
+enum Persist {
+    Feed(FeedRow),
+    Incident(Box<Incident>),
+}
+
+/// Starts the state task over `cluster` (already restored from the store).
+pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
+    let (tx, rx) = mpsc::channel(16_384);
+    let (ptx, prx) = mpsc::channel(65_536);
+    let stats = Arc::new(ControllerStats::default());
+    tokio::spawn(persister(store, prx));
+    let (live, _) = broadcast::channel(4096);
+    let task = StateTask {
+        cluster,
+        agents: HashMap::new(),
+        recent: VecDeque::new(),
+        live,
+        feed_seq,
+        persist: ptx,
+        stats: stats.clone(),
+    };
+    tokio::spawn(task.run(rx));
+    StateHandle { tx, stats }
+}
+
+struct StateTask {
+    cluster: Cluster,
+    agents: HashMap<NodeId, (u64, AgentTx)>,
+    recent: VecDeque<Arc<FeedEvent>>,
+    live: broadcast::Sender<Arc<FeedEvent>>,
+    feed_seq: u64,
+    persist: mpsc::Sender<Persist>,
+    stats: Arc<ControllerStats>,
+}
+
+impl StateTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let tick_ms = self.cluster.config().liveness.tick_ms();
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms as u64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.handle(m).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    let fx = self.cluster.apply(Input::Tick, now_ms()).unwrap_or_default();
+                    self.effects(fx).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: Msg) {
+        let now = now_ms();
+        match m {
+            Msg::Attach { conn, tx, reg } => {
+                self.stats.streams.fetch_add(1, Ordering::Relaxed);
+                self.agents.insert(reg.node.clone(), (conn, tx));
+                let fx = self
+                    .cluster
+                    .apply(Input::Register(reg), now)
+                    .unwrap_or_default();
+                self.effects(fx).await;
+            }
+            Msg::Heartbeat { node, heartbeat } => {
+                let seq = heartbeat.seq;
+                match self.cluster.apply(
+                    Input::Heartbeat {
+                        node: node.clone(),
+                        heartbeat,
+                    },
+                    now,
+                ) {
+                    Ok(fx) => {
+                        self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        if let Some((_, tx)) = self.agents.get(&node) {
+                            let _ = tx.try_send(Ok(ack(0, seq)));
+                        }
+                        self.effects(fx).await;
+                    }
+                    Err(e) => self.reject(&node, e.to_string()),
+                }
+            }
+            Msg::Events { node, events } => {
+                for event in events {
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
+                    match self.cluster.apply(
+                        Input::Event {
+                            node: node.clone(),
+                            event,
+                        },
+                        now,
+                    ) {
+                        Ok(fx) => self.effects(fx).await,
+                        Err(e) => {
+                            tracing::warn!(%node, error = %e, "event refused by cluster state");
+                        }
+                    }
+                }
+            }
+            Msg::Disconnected {
+                node,
+                boot_id,
+                conn,
+            } => {
+                self.stats.streams.fetch_sub(1, Ordering::Relaxed);
+                // Only the node's current stream counts; an older one may
+                // close after the agent has already reconnected.
+                if self.agents.get(&node).is_none_or(|(c, _)| *c != conn) {
+                    return;
+                }
+                self.agents.remove(&node);
+                let fx = self
+                    .cluster
+                    .apply(Input::Disconnected { node, boot_id }, now)
+                    .unwrap_or_default();
+                self.effects(fx).await;
+            }
+            Msg::Feed { kind, data } => self.publish(kind, data, now).await,
+            Msg::Query(f) => f(&self.cluster),
+            Msg::Subscribe(reply) => {
+                let _ = reply.send(Subscription {
+                    recent: self.recent.iter().cloned().collect(),
+                    live: self.live.subscribe(),
+                });
+            }
+        }
+    }
+
+    fn reject(&mut self, node: &NodeId, reason: String) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%node, %reason, "closing agent stream");
+        if let Some((_, tx)) = self.agents.remove(node) {
+            let _ = tx.try_send(Err(Status::invalid_argument(reason)));
+        }
+    }
+
+    async fn effects(&mut self, fx: Vec<Effect>) {
+        let now = now_ms();
+        for e in fx {
+            match e {
+                Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Incident(inc) => {
+                    let kind = if inc.state == vigil_core::incident::IncidentState::Resolved {
+                        "incident_resolved"
+                    } else if inc.folded == 0 && inc.evidence.len() <= 1 {
+                        "incident_opened"
+                    } else {
+                        "incident_updated"
+                    };
+                    let data = serde_json::to_value(&*inc).unwrap_or_default();
+                    let _ = self.persist.send(Persist::Incident(inc)).await;
+                    self.publish(kind, data, now).await;
+                }
+            }
+        }
+    }
+
+    async fn publish(&mut self, kind: &str, data: serde_json::Value, now: Millis) {
+        self.feed_seq += 1;
+        let ev = Arc::new(FeedEvent {
+            seq: self.feed_seq,
+            at: vigil_core::Timestamp(now),
+            kind: kind.to_owned(),
+            data: data.clone(),
+        });
+        let _ = self
+            .persist
+            .send(Persist::Feed(FeedRow {
+                seq: ev.seq,
+                at_ms: now,
+                kind: ev.kind.clone(),
+                data,
+            }))
+            .await;
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ev.clone());
+        let _ = self.live.send(ev);
+    }
+}
+
+fn ack(event_seq: u64, heartbeat_seq: u64) -> pb::ControllerMessage {
+    pb::ControllerMessage {
+        body: Some(pb::controller_message::Body::Ack(pb::Ack {
+            event_seq,
+            heartbeat_seq,
+        })),
+    }
+}
+
+/// Acknowledges stored events up to `seq`.
+pub fn event_ack(seq: u64) -> pb::ControllerMessage {
+    ack(seq, 0)
+}
+
+/// Writes feed events and incidents in batches, off the state task.
+async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
+    let mut feed = Vec::new();
+    let mut incidents: Vec<Incident> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(p) = next {
+            match p {
+                Persist::Feed(f) => feed.push(f),
+                Persist::Incident(i) => {
+                    incidents.retain(|x| x.id != i.id);
+                    incidents.push(*i);
+                }
+            }
+            if feed.len() + incidents.len() >= 512 {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = store.save_incidents(&incidents).await {
+            tracing::error!(error = %e, "cannot persist incidents");
+        }
+        if let Err(e) = store.append_feed(&feed).await {
+            tracing::error!(error = %e, "cannot persist the feed");
+        }
+        feed.clear();
+        incidents.clear();
+    }
+}

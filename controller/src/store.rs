@@ -1,0 +1,337 @@
+//! Durable state: the node registry, agent events, incidents and the feed.
+//!
+//! One implementation over sqlx's `Any` driver serves SQLite (the default,
+//! in WAL mode) and PostgreSQL; the SQL is the common subset of both.
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use vigil_core::cluster::Registration;
+use vigil_core::incident::Incident;
+use vigil_core::model::{AgentEvent, CardInfo};
+use vigil_core::{JobId, Millis, NodeId};
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store URL {0:?}: expected sqlite://PATH or postgres://...")]
+    BadUrl(String),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A feed event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRow {
+    pub seq: u64,
+    pub at_ms: Millis,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS nodes (
+        id TEXT PRIMARY KEY,
+        boot_id TEXT NOT NULL,
+        spare BIGINT NOT NULL,
+        job TEXT,
+        cards_json TEXT NOT NULL,
+        registered_at_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS agent_events (
+        node TEXT NOT NULL,
+        boot_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        body_json TEXT NOT NULL,
+        PRIMARY KEY (node, boot_id, seq))",
+    "CREATE TABLE IF NOT EXISTS incidents (
+        id BIGINT PRIMARY KEY,
+        job TEXT,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detected_at_ms BIGINT NOT NULL,
+        body_json TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS feed (
+        seq BIGINT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        data_json TEXT NOT NULL)",
+];
+
+impl Store {
+    /// Opens (creating if needed) the store at `url`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let (backend, connect_url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(url.to_owned()));
+            }
+            if path != ":memory:"
+                && let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::Dir {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let max = if backend == Backend::Sqlite { 4 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&connect_url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        for ddl in SCHEMA {
+            sqlx::query(ddl).execute(&pool).await?;
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Records a node's registration.
+    pub async fn upsert_node(&self, reg: &Registration, now: Millis) -> Result<(), StoreError> {
+        let cards =
+            serde_json::to_string(&reg.cards).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO nodes (id, boot_id, spare, job, cards_json, registered_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET boot_id = excluded.boot_id, spare = excluded.spare,
+               job = excluded.job, cards_json = excluded.cards_json,
+               registered_at_ms = excluded.registered_at_ms",
+        )
+        .bind(reg.node.as_str())
+        .bind(&reg.boot_id)
+        .bind(i64::from(reg.spare))
+        .bind(reg.job.as_ref().map(|j| j.as_str().to_owned()))
+        .bind(cards)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every registered node.
+    pub async fn nodes(&self) -> Result<Vec<Registration>, StoreError> {
+        let rows = sqlx::query("SELECT id, boot_id, spare, job, cards_json FROM nodes ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                let cards: String = r.try_get(4)?;
+                let job: Option<String> = r.try_get(3)?;
+                Ok(Registration {
+                    node: NodeId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    boot_id: r.try_get(1)?,
+                    spare: r.try_get::<i64, _>(2)? != 0,
+                    job: job
+                        .map(JobId::new)
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    cards: serde_json::from_str::<Vec<CardInfo>>(&cards)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Highest stored event sequence number of one agent boot.
+    pub async fn max_event_seq(&self, node: &NodeId, boot_id: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT MAX(seq) FROM agent_events WHERE node = $1 AND boot_id = $2")
+            .bind(node.as_str())
+            .bind(boot_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let max: Option<i64> = row.try_get(0)?;
+        Ok(max.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Stores events in one transaction and returns those not stored before
+    /// (duplicates by node, boot id and sequence are skipped).
+    pub async fn append_events(
+        &self,
+        node: &NodeId,
+        boot_id: &str,
+        events: Vec<AgentEvent>,
+        now: Millis,
+    ) -> Result<Vec<AgentEvent>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = Vec::with_capacity(events.len());
+        for ev in events {
+            let body =
+                serde_json::to_string(&ev.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let done = sqlx::query(
+                "INSERT INTO agent_events (node, boot_id, seq, at_ms, received_ms, body_json)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(node.as_str())
+            .bind(boot_id)
+            .bind(ev.seq as i64)
+            .bind(ev.at_ms)
+            .bind(now)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                fresh.push(ev);
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Sequence numbers of every stored event of a node (for audits and
+    /// tests), per boot id, ascending.
+    pub async fn event_seqs(&self, node: &NodeId) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT boot_id, seq FROM agent_events WHERE node = $1 ORDER BY boot_id, seq",
+        )
+        .bind(node.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+            .collect()
+    }
+
+    /// Inserts or replaces incidents, in one transaction.
+    pub async fn save_incidents(&self, incidents: &[Incident]) -> Result<(), StoreError> {
+        if incidents.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for inc in incidents {
+            let body =
+                serde_json::to_string(inc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO incidents (id, job, kind, state, detected_at_ms, body_json)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET job = excluded.job, kind = excluded.kind,
+                   state = excluded.state, detected_at_ms = excluded.detected_at_ms,
+                   body_json = excluded.body_json",
+            )
+            .bind(inc.id.0 as i64)
+            .bind(inc.job.as_ref().map(|j| j.as_str().to_owned()))
+            .bind(inc.kind.as_str())
+            .bind(match inc.state {
+                vigil_core::incident::IncidentState::Open => "open",
+                vigil_core::incident::IncidentState::Resolved => "resolved",
+            })
+            .bind(inc.detected_at.0)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every incident, oldest first.
+    pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        let rows = sqlx::query("SELECT body_json FROM incidents ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get(0)?;
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt(format!("incident: {e}")))
+            })
+            .collect()
+    }
+
+    /// Appends feed events, in one transaction.
+    pub async fn append_feed(&self, rows: &[FeedRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for f in rows {
+            sqlx::query(
+                "INSERT INTO feed (seq, at_ms, kind, data_json) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(f.seq as i64)
+            .bind(f.at_ms)
+            .bind(&f.kind)
+            .bind(f.data.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Feed events with `seq > after`, ascending, at most `limit`.
+    pub async fn feed_after(&self, after: u64, limit: u32) -> Result<Vec<FeedRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, kind, data_json FROM feed WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get(3)?;
+                Ok(FeedRow {
+                    seq: r.try_get::<i64, _>(0)? as u64,
+                    at_ms: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Highest feed sequence number stored.
+    pub async fn max_feed_seq(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT MAX(seq) FROM feed")
+            .fetch_one(&self.pool)
+            .await?;
+        let max: Option<i64> = row.try_get(0)?;
+        Ok(max.unwrap_or(0).max(0) as u64)
+    }
+}
