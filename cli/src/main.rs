@@ -1,0 +1,285 @@
+//! `vigil`: the command-line client.
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use vigil_cli::bench::{self, BenchOptions};
+use vigil_cli::client::Client;
+use vigil_cli::demo::{self, DemoOptions};
+use vigil_cli::{Output, view};
+
+/// Vigil: fault detection and recovery for AI training clusters.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, long_about = None)]
+struct Cli {
+    /// Controller HTTP address.
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_CONTROLLER",
+        default_value = "http://127.0.0.1:7080"
+    )]
+    controller: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table, env = "VIGIL_OUTPUT")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every node and card with its health and the evidence for it.
+    Nodes,
+    /// Jobs, their ranks, progress and state.
+    Jobs,
+    /// The live event feed, until interrupted.
+    Watch {
+        /// Start after this feed sequence number (0: everything retained).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Recovery incidents, newest first.
+    History {
+        /// Only this job's incidents.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only incidents detected at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(subcommand)]
+        show: Option<HistoryCmd>,
+    },
+    /// An embedded controller and a simulated cluster running a scenario.
+    Demo {
+        /// Scenario file (TOML); the built-in scenario when absent.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Scenario seconds per wall second.
+        #[arg(long, default_value_t = 2.0)]
+        speed: f64,
+        /// Keep the demo's SQLite store in this directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load generator: many simulated agents against a controller.
+    Bench {
+        /// Simulated nodes (agents).
+        #[arg(long, default_value_t = 1000)]
+        nodes: u32,
+        /// Cards per node.
+        #[arg(long, default_value_t = 8)]
+        cards: u32,
+        /// Heartbeats per second per agent.
+        #[arg(long, default_value_t = 1.0)]
+        hz: f64,
+        /// Seconds to run before measuring.
+        #[arg(long, default_value_t = 5)]
+        warmup_s: u64,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 30)]
+        duration_s: u64,
+        /// The vigil-controller binary (default: beside this one).
+        #[arg(long)]
+        controller_bin: Option<PathBuf>,
+        /// Store URL for the controller under test.
+        #[arg(long)]
+        store: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryCmd {
+    /// One incident with its full timeline.
+    Show { id: String },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn array(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[][..], Vec::as_slice)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = cli.output;
+    match cli.command {
+        Command::Demo {
+            scenario,
+            speed,
+            data_dir,
+        } => {
+            let report = demo::run(DemoOptions {
+                scenario,
+                speed,
+                output: out,
+                data_dir,
+            })
+            .await?;
+            if out == Output::Json {
+                print_json(&report)?;
+            }
+            Ok(())
+        }
+        Command::Bench {
+            nodes,
+            cards,
+            hz,
+            warmup_s,
+            duration_s,
+            controller_bin,
+            store,
+        } => {
+            let r = bench::run(BenchOptions {
+                nodes,
+                cards,
+                hz,
+                warmup: Duration::from_secs(warmup_s),
+                duration: Duration::from_secs(duration_s),
+                controller_bin,
+                store,
+            })
+            .await?;
+            if out == Output::Json {
+                return print_json(&r);
+            }
+            let v = serde_json::to_value(&r)?;
+            let rows: Vec<Vec<String>> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let val = match v {
+                        Value::Number(n) if n.is_f64() => {
+                            format!("{:.2}", n.as_f64().unwrap_or(0.0))
+                        }
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    vec![k.clone(), val]
+                })
+                .collect();
+            print!("{}", vigil_cli::table::render(&["METRIC", "VALUE"], &rows));
+            Ok(())
+        }
+        Command::Nodes => {
+            let c = Client::new(&cli.controller)?;
+            let v = c.get("/api/v1/nodes").await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    print!("{}", view::nodes(array(&v), now_ms()));
+                    Ok(())
+                }
+            }
+        }
+        Command::Jobs => {
+            let c = Client::new(&cli.controller)?;
+            let v = c.get("/api/v1/jobs").await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    print!("{}", view::jobs(array(&v), now_ms()));
+                    Ok(())
+                }
+            }
+        }
+        Command::History { job, since, show } => {
+            let c = Client::new(&cli.controller)?;
+            if let Some(HistoryCmd::Show { id }) = show {
+                let v = c.get(&format!("/api/v1/incidents/{id}")).await?;
+                return match out {
+                    Output::Json => print_json(&v),
+                    Output::Table => {
+                        print!("{}", view::incident(&v));
+                        Ok(())
+                    }
+                };
+            }
+            let mut q = Vec::new();
+            if let Some(j) = job {
+                q.push(format!("job={j}"));
+            }
+            if let Some(s) = since {
+                vigil_core::Timestamp::parse_rfc3339(&s)
+                    .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                q.push(format!("since={s}"));
+            }
+            let path = if q.is_empty() {
+                "/api/v1/incidents".to_owned()
+            } else {
+                format!("/api/v1/incidents?{}", q.join("&"))
+            };
+            let v = c.get(&path).await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    if array(&v).is_empty() {
+                        println!("no incidents");
+                    } else {
+                        print!("{}", view::incidents(array(&v)));
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Watch { from } => {
+            let c = Client::new(&cli.controller)?;
+            c.watch(from, |id, kind, data| {
+                match out {
+                    Output::Json => println!("{data}"),
+                    Output::Table => {
+                        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                        let at = v["at"].as_str().unwrap_or("");
+                        println!("{id:>8} {at:<24} {kind:<18} {}", v["data"]);
+                    }
+                }
+                true
+            })
+            .await
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

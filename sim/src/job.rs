@@ -1,0 +1,461 @@
+//! The discrete-event core of the simulator: scenario time, faults and the
+//! synchronous training job.
+
+use crate::{InjectedFault, SimNode, now_ms};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+use tokio::time::Instant;
+use vigil_agent::cards::SimFault;
+use vigil_agent::progress::to_event;
+use vigil_core::model::EventBody;
+use vigil_core::progress::{Phase, ProgressRecord};
+use vigil_core::scenario::{Fault, FaultKind, Scenario};
+use vigil_core::{JobId, Timestamp};
+
+/// How the job ended, by the simulator's own account.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobOutcome {
+    pub id: String,
+    pub world_size: u32,
+    pub final_step: u64,
+    pub restarts: u32,
+    /// Steps completed by every rank.
+    pub steps_completed: u64,
+    /// Latest checkpoint written by every rank.
+    pub last_checkpoint: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    /// Fault `i` starts.
+    Fault(usize),
+    /// Fault `i` ends (transient kinds).
+    FaultEnd(usize),
+    /// A flap cuts the node (true) or restores it (false).
+    Flap(usize, bool),
+    StepStart(u64),
+    Collective(u32, u64),
+    StepEnd(u64),
+    CheckpointDone(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Rank {
+    node: String,
+    card: u32,
+    dead: bool,
+    hung: bool,
+    slow: f64,
+}
+
+struct Sim<'a> {
+    scn: &'a Scenario,
+    nodes: &'a BTreeMap<String, crate::SimNode>,
+    queue: BinaryHeap<Reverse<(u64, u64, Action)>>,
+    order: u64,
+    ranks: Vec<Rank>,
+    job: Option<JobId>,
+    arrived: u32,
+    step_started_at: u64,
+    frozen: BTreeMap<String, bool>,
+    job_speed: f64,
+    steps_completed: u64,
+    last_checkpoint: Option<u64>,
+    current_step: u64,
+    rng: u64,
+    injected: Vec<InjectedFault>,
+}
+
+/// Runs the scenario to its end. Returns the job outcome and the faults.
+pub async fn run(
+    scn: &Scenario,
+    nodes: &BTreeMap<String, SimNode>,
+    speed: f64,
+    faults: &[Fault],
+) -> (Option<JobOutcome>, Vec<InjectedFault>) {
+    let ranks = scn
+        .job
+        .as_ref()
+        .map(|j| {
+            (0..j.world_size)
+                .map(|r| {
+                    let (node, card) = scn.rank_location(r);
+                    Rank {
+                        node,
+                        card,
+                        dead: false,
+                        hung: false,
+                        slow: 1.0,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut sim = Sim {
+        scn,
+        nodes,
+        queue: BinaryHeap::new(),
+        order: 0,
+        ranks,
+        job: scn.job.as_ref().and_then(|j| JobId::new(j.id.clone()).ok()),
+        arrived: 0,
+        step_started_at: 0,
+        frozen: BTreeMap::new(),
+        job_speed: 1.0,
+        steps_completed: 0,
+        last_checkpoint: None,
+        current_step: 0,
+        rng: scn.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        injected: Vec::new(),
+    };
+    for (i, f) in faults.iter().enumerate() {
+        sim.at((f.at_s * 1000.0) as u64, Action::Fault(i));
+    }
+    sim.start_job();
+    let end_ms = (scn.duration_s * 1000.0) as u64;
+    let origin = Instant::now();
+    while let Some(Reverse((t, _, action))) = sim.queue.pop() {
+        if t > end_ms {
+            break;
+        }
+        let wall = origin + Duration::from_secs_f64(t as f64 / 1000.0 / speed);
+        tokio::time::sleep_until(wall).await;
+        sim.apply(t, action, faults, speed);
+    }
+    tokio::time::sleep_until(origin + Duration::from_secs_f64(end_ms as f64 / 1000.0 / speed))
+        .await;
+    let outcome = scn.job.as_ref().map(|j| JobOutcome {
+        id: j.id.clone(),
+        world_size: j.world_size,
+        final_step: sim.steps_completed,
+        restarts: 0,
+        steps_completed: sim.steps_completed,
+        last_checkpoint: sim.last_checkpoint,
+    });
+    (outcome, sim.injected)
+}
+
+impl Sim<'_> {
+    fn at(&mut self, t: u64, a: Action) {
+        self.order += 1;
+        self.queue.push(Reverse((t, self.order, a)));
+    }
+
+    fn noise(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn emit(&self, rank: u32, rec: ProgressRecord) {
+        let Some(r) = self.ranks.get(rank as usize) else {
+            return;
+        };
+        if let Some(node) = self.nodes.get(&r.node) {
+            // A full queue drops the record, as the real endpoint does.
+            let _ = node.progress.try_send(to_event(rec));
+        }
+    }
+
+    fn start_job(&mut self) {
+        let (Some(job), Some(spec)) = (self.job.clone(), self.scn.job.as_ref()) else {
+            return;
+        };
+        for (i, r) in self.ranks.clone().into_iter().enumerate() {
+            self.emit(
+                i as u32,
+                ProgressRecord::Start {
+                    job: job.clone(),
+                    rank: i as u32,
+                    world_size: spec.world_size,
+                    local_rank: Some(r.card),
+                    card: Some(r.card),
+                    pid: Some(10_000 + i as u32),
+                },
+            );
+            if let Some(n) = self.nodes.get(&r.node) {
+                let _ = n.cards.inject(&SimFault::Load {
+                    card: r.card,
+                    utilization: 96.0,
+                });
+            }
+        }
+        self.at(0, Action::StepStart(1));
+    }
+
+    fn rank_can_run(&self, r: &Rank) -> bool {
+        !r.dead && !r.hung && !self.frozen.get(&r.node).copied().unwrap_or(false)
+    }
+
+    fn apply(&mut self, t: u64, action: Action, faults: &[Fault], speed: f64) {
+        let Some(spec) = self.scn.job.clone() else {
+            if let Action::Fault(i) | Action::FaultEnd(i) | Action::Flap(i, _) = action {
+                self.fault_action(t, i, &action, faults, speed);
+            }
+            return;
+        };
+        let Some(job) = self.job.clone() else { return };
+        match action {
+            Action::Fault(i) | Action::FaultEnd(i) | Action::Flap(i, _) => {
+                self.fault_action(t, i, &action, faults, speed);
+            }
+            Action::StepStart(step) => {
+                self.current_step = step;
+                self.arrived = 0;
+                self.step_started_at = t;
+                for i in 0..self.ranks.len() {
+                    let r = self.ranks[i].clone();
+                    if r.dead {
+                        continue;
+                    }
+                    self.emit(
+                        i as u32,
+                        ProgressRecord::Step {
+                            job: job.clone(),
+                            rank: i as u32,
+                            step,
+                            phase: Phase::Begin,
+                            samples: None,
+                            tokens: None,
+                        },
+                    );
+                    if r.hung {
+                        continue;
+                    }
+                    let model_speed = self.scn.speed_of(&r.node);
+                    let jitter = 1.0 + 0.04 * (self.noise() - 0.5);
+                    let compute =
+                        f64::from(spec.step_ms) / model_speed / r.slow / self.job_speed * jitter;
+                    self.at(
+                        t + compute.max(1.0) as u64,
+                        Action::Collective(i as u32, step),
+                    );
+                }
+            }
+            Action::Collective(rank, step) => {
+                if step != self.current_step {
+                    return;
+                }
+                let Some(r) = self.ranks.get(rank as usize).cloned() else {
+                    return;
+                };
+                if !self.rank_can_run(&r) {
+                    // A rank cut off or stopped never reaches the collective;
+                    // a partitioned node's ranks reach it once it heals.
+                    if !r.dead && !r.hung {
+                        self.at(t + 100, Action::Collective(rank, step));
+                    }
+                    return;
+                }
+                self.emit(
+                    rank,
+                    ProgressRecord::Step {
+                        job: job.clone(),
+                        rank,
+                        step,
+                        phase: Phase::Collective,
+                        samples: None,
+                        tokens: None,
+                    },
+                );
+                self.arrived += 1;
+                if self.arrived == spec.world_size {
+                    let comm = (f64::from(spec.step_ms) * 0.03) as u64;
+                    self.at(t + comm.max(1), Action::StepEnd(step));
+                }
+            }
+            Action::StepEnd(step) => {
+                for i in 0..self.ranks.len() as u32 {
+                    self.emit(
+                        i,
+                        ProgressRecord::Step {
+                            job: job.clone(),
+                            rank: i,
+                            step,
+                            phase: Phase::End,
+                            samples: Some(32),
+                            tokens: Some(65_536),
+                        },
+                    );
+                }
+                self.steps_completed = step;
+                if step % spec.checkpoint_every == 0 {
+                    self.at(
+                        t + u64::from(spec.checkpoint_ms),
+                        Action::CheckpointDone(step),
+                    );
+                } else {
+                    self.at(t, Action::StepStart(step + 1));
+                }
+            }
+            Action::CheckpointDone(step) => {
+                for i in 0..self.ranks.len() as u32 {
+                    self.emit(
+                        i,
+                        ProgressRecord::Checkpoint {
+                            job: job.clone(),
+                            rank: i,
+                            step,
+                            path: format!("/ckpt/{}/step-{step}", spec.id),
+                            bytes: Some(1 << 30),
+                            sha256: None,
+                        },
+                    );
+                }
+                self.last_checkpoint = Some(step);
+                self.at(t, Action::StepStart(step + 1));
+            }
+        }
+    }
+
+    fn rank_at(&self, node: &str, card: u32) -> Option<u32> {
+        self.ranks
+            .iter()
+            .position(|r| r.node == node && r.card == card)
+            .map(|i| i as u32)
+    }
+
+    fn kill_rank(&mut self, node: &str, card: u32) {
+        if let Some(i) = self.rank_at(node, card) {
+            self.ranks[i as usize].dead = true;
+        }
+    }
+
+    fn fault_action(&mut self, t: u64, i: usize, action: &Action, faults: &[Fault], speed: f64) {
+        let Some(f) = faults.get(i) else { return };
+        let node_name = f.node.clone().unwrap_or_default();
+        let node = self.nodes.get(&node_name);
+        let card = f.card.unwrap_or(0);
+        let starting = matches!(action, Action::Fault(_));
+        if starting {
+            self.injected.push(InjectedFault {
+                kind: f.kind.name(),
+                node: f.node.clone(),
+                card: f.card,
+                rank: f.card.and_then(|c| self.rank_at(&node_name, c)),
+                at_s: f.at_s,
+                at: Timestamp(now_ms()),
+            });
+            if let Some(for_s) = f.kind.for_s() {
+                self.at(t + (for_s * 1000.0) as u64, Action::FaultEnd(i));
+            }
+        }
+        let inject = |fault: SimFault| {
+            if let Some(n) = node {
+                let _ = n.cards.inject(&fault);
+            }
+        };
+        let freeze = |on: bool| {
+            if let Some(n) = node {
+                let _ = n.freeze.send(on);
+            }
+        };
+        match (&f.kind, action) {
+            (FaultKind::Xid { code }, Action::Fault(_)) => {
+                inject(SimFault::Xid { card, code: *code });
+                // Informational XIDs leave the process running; the rest
+                // take its CUDA context down.
+                if !matches!(code, 63 | 92 | 154 | 157) {
+                    self.kill_rank(&node_name, card);
+                }
+            }
+            (FaultKind::EccDbe, Action::Fault(_)) => {
+                inject(SimFault::EccDbe { card });
+                self.kill_rank(&node_name, card);
+            }
+            (FaultKind::GpuLost, Action::Fault(_)) => {
+                inject(SimFault::GpuLost { card });
+                self.kill_rank(&node_name, card);
+            }
+            (FaultKind::Thermal { .. }, a) => {
+                inject(SimFault::Thermal { card, on: starting });
+                self.set_slow(
+                    &node_name,
+                    card,
+                    if matches!(a, Action::Fault(_)) {
+                        0.7
+                    } else {
+                        1.0
+                    },
+                );
+            }
+            (FaultKind::Nvlink { .. }, _) => {
+                inject(SimFault::Nvlink { card, on: starting });
+                self.set_slow(&node_name, card, if starting { 0.8 } else { 1.0 });
+            }
+            (FaultKind::PcieDegraded { .. }, _) => {
+                inject(SimFault::PcieDegraded { card, on: starting });
+                self.set_slow(&node_name, card, if starting { 0.85 } else { 1.0 });
+            }
+            (FaultKind::Hang, Action::Fault(_)) => {
+                if let Some(r) = self.rank_at(&node_name, card) {
+                    self.ranks[r as usize].hung = true;
+                }
+            }
+            (FaultKind::Slow { factor, .. }, _) => {
+                self.set_slow(&node_name, card, if starting { *factor } else { 1.0 });
+            }
+            (FaultKind::WorkerExit, Action::Fault(_)) => {
+                let rank = self.rank_at(&node_name, card);
+                self.kill_rank(&node_name, card);
+                if let Some(n) = node {
+                    let _ = n.progress.try_send(EventBody::WorkerExit {
+                        rank,
+                        pid: 10_000 + rank.unwrap_or(0),
+                        exit_code: Some(1),
+                        signal: None,
+                    });
+                }
+            }
+            (FaultKind::ProbeHang { for_s }, Action::Fault(_)) => {
+                let ms = (for_s.unwrap_or(10.0) * 1000.0 / speed) as u64;
+                inject(SimFault::ProbeHang { for_ms: ms });
+            }
+            (FaultKind::NodeCrash, Action::Fault(_)) => {
+                freeze(true);
+                self.frozen.insert(node_name.clone(), true);
+                for r in self.ranks.iter_mut().filter(|r| r.node == node_name) {
+                    r.dead = true;
+                }
+            }
+            (FaultKind::Partition { .. }, _) => {
+                freeze(starting);
+                self.frozen.insert(node_name.clone(), starting);
+            }
+            (FaultKind::Flap { for_s }, a) => {
+                let hb = u64::from(self.scn.cluster.heartbeat_ms);
+                let (cut, up) = (hb * 4, hb * 4);
+                match a {
+                    Action::Fault(_) => {
+                        let mut s = t;
+                        while s < t + (*for_s * 1000.0) as u64 {
+                            self.at(s, Action::Flap(i, true));
+                            self.at(s + cut, Action::Flap(i, false));
+                            s += cut + up;
+                        }
+                    }
+                    Action::Flap(_, on) => {
+                        freeze(*on);
+                        self.frozen.insert(node_name.clone(), *on);
+                    }
+                    _ => {}
+                }
+            }
+            (FaultKind::JobSlowdown { factor, .. }, _) => {
+                self.job_speed = if starting { *factor } else { 1.0 };
+            }
+            // The corrupt checkpoint only matters when a restore reads it.
+            (FaultKind::CheckpointCorrupt, _) => {}
+            _ => {}
+        }
+    }
+
+    fn set_slow(&mut self, node: &str, card: u32, factor: f64) {
+        if let Some(r) = self.rank_at(node, card) {
+            self.ranks[r as usize].slow = factor;
+        }
+    }
+}
