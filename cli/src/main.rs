@@ -13,17 +13,15 @@ use vigil_cli::{Output, view};
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about, long_about = None)]
 struct Cli {
-    /// Controller HTTP address.
-    #[arg(
-        long,
-        global = true,
-        env = "VIGIL_CONTROLLER",
-        default_value = "http://127.0.0.1:7080"
-    )]
-    controller: String,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table, env = "VIGIL_OUTPUT")]
-    output: Output,
+    /// Controller HTTP address [default: http://127.0.0.1:7080].
+    #[arg(long, global = true, env = "VIGIL_CONTROLLER")]
+    controller: Option<String>,
+    /// Output format [default: table].
+    #[arg(short = 'o', long, global = true, value_enum, env = "VIGIL_OUTPUT")]
+    output: Option<Output>,
+    /// TOML config file with `controller` and `output` keys.
+    #[arg(long, global = true, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,8 +109,41 @@ fn array(v: &Value) -> &[Value] {
     v.as_array().map_or(&[][..], Vec::as_slice)
 }
 
+/// The CLI's config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    controller: Option<String>,
+    output: Option<String>,
+}
+
+/// Resolves flags and environment over the config file over defaults.
+fn settings(cli: &Cli) -> anyhow::Result<(String, Output)> {
+    let file = match &cli.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message()))?
+        }
+        None => FileConfig::default(),
+    };
+    let output = match (cli.output, file.output.as_deref()) {
+        (Some(o), _) => o,
+        (None, Some("json")) => Output::Json,
+        (None, Some("table") | None) => Output::Table,
+        (None, Some(other)) => anyhow::bail!("config: output {other:?} must be table or json"),
+    };
+    let controller = cli
+        .controller
+        .clone()
+        .or(file.controller)
+        .unwrap_or_else(|| "http://127.0.0.1:7080".to_owned());
+    Ok((controller, output))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let out = cli.output;
+    let (controller, out) = settings(&cli)?;
     match cli.command {
         Command::Demo {
             scenario,
@@ -173,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nodes => {
-            let c = Client::new(&cli.controller)?;
+            let c = Client::new(&controller)?;
             let v = c.get("/api/v1/nodes").await?;
             match out {
                 Output::Json => print_json(&v),
@@ -184,7 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Jobs => {
-            let c = Client::new(&cli.controller)?;
+            let c = Client::new(&controller)?;
             let v = c.get("/api/v1/jobs").await?;
             match out {
                 Output::Json => print_json(&v),
@@ -195,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::History { job, since, show } => {
-            let c = Client::new(&cli.controller)?;
+            let c = Client::new(&controller)?;
             if let Some(HistoryCmd::Show { id }) = show {
                 let v = c.get(&format!("/api/v1/incidents/{id}")).await?;
                 return match out {
@@ -234,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Watch { from } => {
-            let c = Client::new(&cli.controller)?;
+            let c = Client::new(&controller)?;
             c.watch(from, |id, kind, data| {
                 match out {
                     Output::Json => println!("{data}"),
