@@ -86,9 +86,25 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let run = vigil_agent::run(cfg, probe, io);
     tokio::select! {
         r = run => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = shutdown_signal() => {
             tracing::info!("interrupted; stopping");
             Ok(())
         }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

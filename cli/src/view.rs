@@ -98,7 +98,11 @@ pub fn jobs(list: &[Value], now_ms: i64) -> String {
             let ckpt = j
                 .get("checkpoints")
                 .and_then(Value::as_object)
-                .and_then(|c| c.values().rev().find(|c| c["complete"] == true))
+                .and_then(|c| {
+                    c.values()
+                        .filter(|c| c["complete"] == true)
+                        .max_by_key(|c| c["step"].as_u64().unwrap_or(0))
+                })
                 .map_or("-".to_owned(), |c| s(c, "step"));
             vec![
                 s(j, "id"),

@@ -125,6 +125,7 @@ impl ControllerConfig {
         cfg.cluster = ClusterConfig {
             liveness: l,
             rules: RuleTable::with_overrides(&file.rules.xid),
+            ..ClusterConfig::default()
         };
         Ok(cfg)
     }

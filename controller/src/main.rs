@@ -37,11 +37,27 @@ fn main() -> std::process::ExitCode {
         };
         tokio::select! {
             _ = running.wait() => std::process::ExitCode::FAILURE,
-            _ = tokio::signal::ctrl_c() => {
+            _ = shutdown_signal() => {
                 tracing::info!("interrupted; stopping");
                 running.shutdown().await;
                 std::process::ExitCode::SUCCESS
             }
         }
     })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

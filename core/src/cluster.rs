@@ -17,10 +17,24 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Settings of the decision logic.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub liveness: LivenessConfig,
     pub rules: RuleTable,
+    /// After a controller restart, how long restored nodes may take to
+    /// reconnect before silence counts against them (agents back off up to
+    /// 10 s between attempts).
+    pub restart_grace_ms: Millis,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            liveness: LivenessConfig::default(),
+            rules: RuleTable::default(),
+            restart_grace_ms: 15_000,
+        }
+    }
 }
 
 /// A card's health, carrying its evidence.
@@ -201,6 +215,8 @@ pub struct Cluster {
     /// Open incident per root cause: (node, card or None for the node).
     open: BTreeMap<(NodeId, Option<u32>), IncidentId>,
     next_incident: u64,
+    /// Until then, restored nodes that have not reconnected are not judged.
+    grace_until: Millis,
 }
 
 /// Feed events emitted when a job advances this many steps.
@@ -227,6 +243,7 @@ impl Cluster {
         incidents: Vec<Incident>,
         now: Millis,
     ) -> Vec<Effect> {
+        self.grace_until = now + self.cfg.restart_grace_ms;
         for reg in nodes {
             let mut node = new_node(reg, now);
             node.connected = false;
@@ -419,6 +436,9 @@ impl Cluster {
     fn tick(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         let mut lost = Vec::new();
         for node in self.nodes.values_mut() {
+            if !node.connected && now < self.grace_until {
+                continue; // restored, still reconnecting after our restart
+            }
             let next =
                 liveness::evaluate(&self.cfg.liveness, &node.liveness, node.last_seen_ms, now);
             if next == node.liveness {

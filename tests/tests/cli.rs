@@ -24,7 +24,8 @@ fn nodes_jobs_history_in_table_and_json() {
     let port = free_port();
     let _a = agent(&c, "cli0", "sim:2", port, &[]);
     wait_until(Duration::from_secs(20), "cli0 heartbeats", || {
-        c.node("cli0").is_some_and(|n| n["heartbeats"].as_u64().unwrap_or(0) >= 1)
+        c.node("cli0")
+            .is_some_and(|n| n["heartbeats"].as_u64().unwrap_or(0) >= 1)
     });
     let url = c.http_url();
 
@@ -32,9 +33,15 @@ fn nodes_jobs_history_in_table_and_json() {
     assert_eq!(code, 0, "{err}");
     let mut lines = out.lines();
     let header = lines.next().expect("header");
-    assert!(header.starts_with("NODE") && header.contains("STATE") && header.contains("HEALTHY"), "{out}");
+    assert!(
+        header.starts_with("NODE") && header.contains("STATE") && header.contains("HEALTHY"),
+        "{out}"
+    );
     let row = lines.next().expect("row");
-    assert!(row.starts_with("cli0") && row.contains("alive") && row.contains("2/2"), "{out}");
+    assert!(
+        row.starts_with("cli0") && row.contains("alive") && row.contains("2/2"),
+        "{out}"
+    );
 
     let (code, out, _) = vigil(&url, &["-o", "json", "nodes"]);
     assert_eq!(code, 0);
@@ -47,24 +54,45 @@ fn nodes_jobs_history_in_table_and_json() {
 
     // A card fault, then it shows in history and in history show.
     let fault = Command::new("curl")
-        .args(["-s", "-XPOST", &format!("http://127.0.0.1:{port}/v1/sim/fault"), "-d", r#"{"kind":"xid","card":1,"code":48}"#])
+        .args([
+            "-s",
+            "-XPOST",
+            &format!("http://127.0.0.1:{port}/v1/sim/fault"),
+            "-d",
+            r#"{"kind":"xid","card":1,"code":48}"#,
+        ])
         .output();
     if fault.is_err() {
         // No curl: inject through the agent's endpoint with a raw request.
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("agent");
         use std::io::Write;
         let body = r#"{"kind":"xid","card":1,"code":48}"#;
-        write!(s, "POST /v1/sim/fault HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+        write!(
+            s,
+            "POST /v1/sim/fault HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
     }
     wait_until(Duration::from_secs(20), "incident", || {
-        c.get("/api/v1/incidents").is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        c.get("/api/v1/incidents")
+            .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
     });
     let (code, out, _) = vigil(&url, &["history"]);
     assert_eq!(code, 0);
-    assert!(out.contains("inc-1") && out.contains("card_fault") && out.contains("cli0/1") && out.contains("xid:48"), "{out}");
+    assert!(
+        out.contains("inc-1")
+            && out.contains("card_fault")
+            && out.contains("cli0/1")
+            && out.contains("xid:48"),
+        "{out}"
+    );
     let (code, out, _) = vigil(&url, &["history", "show", "inc-1"]);
     assert_eq!(code, 0);
-    assert!(out.contains("timeline:") && out.contains("detect") && out.contains("localize"), "{out}");
+    assert!(
+        out.contains("timeline:") && out.contains("detect") && out.contains("localize"),
+        "{out}"
+    );
     let (code, _, err) = vigil(&url, &["history", "show", "inc-99"]);
     assert_ne!(code, 0);
     assert!(err.contains("unknown incident"), "{err}");
@@ -94,9 +122,19 @@ fn watch_prints_the_feed_from_a_sequence_number() {
     let dir = scratch("watch");
     let c = Controller::start(&dir, 200);
     let _a = agent(&c, "w0", "sim:1", free_port(), &[]);
-    wait_until(Duration::from_secs(20), "w0 registered", || c.node("w0").is_some());
+    wait_until(Duration::from_secs(20), "w0 registered", || {
+        c.node("w0").is_some()
+    });
     let mut child = Command::new(bin("vigil"))
-        .args(["--controller", &c.http_url(), "-o", "json", "watch", "--from", "0"])
+        .args([
+            "--controller",
+            &c.http_url(),
+            "-o",
+            "json",
+            "watch",
+            "--from",
+            "0",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("watch");
@@ -104,7 +142,8 @@ fn watch_prints_the_feed_from_a_sequence_number() {
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
     let text = String::from_utf8_lossy(&out.stdout);
-    let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
     assert_eq!(first["seq"], 1);
     assert_eq!(first["kind"], "node_registered");
     assert_eq!(first["data"]["node"], "w0");

@@ -18,7 +18,7 @@ fn demo(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn the_default_scenario_attributes_every_fault() {
-    let (code, stdout, stderr) = demo(&["-o", "json", "--speed", "20"]);
+    let (code, stdout, stderr) = demo(&["-o", "json", "--speed", "5"]);
     assert_eq!(code, 0, "stderr: {stderr}");
     let r: serde_json::Value = serde_json::from_str(&stdout).expect("the report is JSON");
     let incidents = r["incidents"].as_array().expect("incidents");
@@ -108,5 +108,5 @@ fn a_node_crash_alone_is_one_node_lost_incident() {
     let latency = r["score"]["verdicts"][0]["latency_s"]
         .as_f64()
         .expect("latency");
-    assert!(latency <= 3.0 + 0.25 * 10.0, "latency {latency}");
+    assert!(latency <= 3.0 + 0.25 * 5.0, "latency {latency}");
 }

@@ -435,3 +435,25 @@ fn progress_of_a_job_never_started_here_is_still_tracked() {
     assert_eq!(j.world_size, 4);
     assert_eq!(j.step, 40);
 }
+
+#[test]
+fn restored_nodes_get_time_to_reconnect_after_a_controller_restart() {
+    let regs = vec![Registration {
+        node: node("n0"),
+        boot_id: "b1".into(),
+        cards: cards(1),
+        spare: false,
+        job: None,
+    }];
+    let mut c = cluster();
+    c.restore(regs, Vec::new(), 0);
+    let grace = c.config().restart_grace_ms;
+    assert!(c.apply(Input::Tick, grace - 1).expect("tick").is_empty());
+    assert_eq!(
+        c.node(&node("n0")).expect("node").liveness.name(),
+        "suspect"
+    );
+    // Past the grace, silence counts as usual.
+    let fx = c.apply(Input::Tick, grace + 1).expect("tick");
+    assert_eq!(incidents(&fx)[0].kind, IncidentKind::NodeLost);
+}
