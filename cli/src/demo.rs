@@ -131,6 +131,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         ..Default::default()
     };
     cfg.cluster.liveness.heartbeat_ms = vigil_sim::heartbeat_ms(&scn, speed);
+    // Wall-clock floors of the detectors run at the scenario's pace too.
+    cfg.cluster.workload.hang_floor_ms =
+        (cfg.cluster.workload.hang_floor_ms as f64 / speed).round() as i64;
+    cfg.cluster.restart_grace_ms = (cfg.cluster.restart_grace_ms as f64 / speed).round() as i64;
     cfg.cluster
         .liveness
         .validate()

@@ -32,7 +32,9 @@ pub struct Args {
     /// Heartbeat intervals of silence before a node is suspect.
     #[arg(long, env = "VIGIL_SUSPECT_AFTER")]
     pub suspect_after: Option<f64>,
-    /// Heartbeat intervals of silence before a node is lost.
+    /// Heartbeat intervals of silence after which a node is lost whatever
+    /// its heartbeat history (the adaptive detector may declare it earlier,
+    /// but never before `min_lost_after` intervals).
     #[arg(long, env = "VIGIL_LOST_AFTER")]
     pub lost_after: Option<f64>,
 }
@@ -47,8 +49,13 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u32>,
     pub suspect_after: Option<f64>,
     pub lost_after: Option<f64>,
+    pub min_lost_after: Option<f64>,
+    pub phi_suspect: Option<f64>,
+    pub phi_lost: Option<f64>,
     #[serde(default)]
     pub rules: RulesConfig,
+    #[serde(default)]
+    pub workload: Option<vigil_core::workload::WorkloadConfig>,
 }
 
 /// Operator overrides of the signal rules.
@@ -118,6 +125,15 @@ impl ControllerConfig {
         if let Some(v) = args.lost_after.or(file.lost_after) {
             l.lost_after = v;
         }
+        if let Some(v) = file.min_lost_after {
+            l.min_lost_after = v;
+        }
+        if let Some(v) = file.phi_suspect {
+            l.phi_suspect = v;
+        }
+        if let Some(v) = file.phi_lost {
+            l.phi_lost = v;
+        }
         l.validate()?;
         if l.heartbeat_ms > 60_000 {
             return Err("--heartbeat-ms must be at most 60000".to_owned());
@@ -125,6 +141,7 @@ impl ControllerConfig {
         cfg.cluster = ClusterConfig {
             liveness: l,
             rules: RuleTable::with_overrides(&file.rules.xid),
+            workload: file.workload.unwrap_or_default(),
             ..ClusterConfig::default()
         };
         Ok(cfg)

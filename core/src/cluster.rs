@@ -7,11 +7,12 @@
 
 use crate::ids::{IncidentId, JobId, NodeId};
 use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
-use crate::liveness::{self, Liveness, LivenessConfig};
+use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
 use crate::model::{AgentEvent, CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal};
 use crate::progress::{Phase, ProgressRecord};
 use crate::rules::{Action, Class, RuleTable};
 use crate::time::{Millis, Timestamp};
+use crate::workload::{StepClock, StepVerdict, WorkloadConfig};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +26,7 @@ pub struct ClusterConfig {
     /// reconnect before silence counts against them (agents back off up to
     /// 10 s between attempts).
     pub restart_grace_ms: Millis,
+    pub workload: WorkloadConfig,
 }
 
 impl Default for ClusterConfig {
@@ -33,6 +35,7 @@ impl Default for ClusterConfig {
             liveness: LivenessConfig::default(),
             rules: RuleTable::default(),
             restart_grace_ms: 15_000,
+            workload: WorkloadConfig::default(),
         }
     }
 }
@@ -94,6 +97,12 @@ pub struct NodeState {
     pub spool_pending: u64,
     pub spool_dropped: u64,
     pub cards: Vec<CardState>,
+    /// Heartbeat inter-arrival history for the failure detector.
+    #[serde(skip)]
+    pub arrivals: ArrivalWindow,
+    /// Restored from the store after a controller restart and not heard
+    /// from since.
+    pub awaiting_reconnect: bool,
 }
 
 /// One rank of a job.
@@ -141,9 +150,50 @@ pub struct JobState {
     pub steps_total: u64,
     pub samples_total: u64,
     pub tokens_total: u64,
+    /// Step timing and the workload detectors' view.
+    pub timing: StepClock,
+    /// A hang was reported and no step has ended since.
+    pub hung: bool,
+    /// Card models of the job's ranks, in order of first appearance; a rank
+    /// is compared with peers of the same model.
+    #[serde(skip)]
+    models: Vec<String>,
+    /// The open worker-exit incident and the time of its culprit's exit.
+    #[serde(skip)]
+    exit_incident: Option<(IncidentId, Millis)>,
 }
 
 impl JobState {
+    fn new(id: JobId, world_size: u32, now: Millis) -> Self {
+        JobState {
+            id,
+            world_size,
+            state: JobRunState::Running,
+            step: 0,
+            started_at_ms: now,
+            last_progress_ms: now,
+            ranks: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            steps_total: 0,
+            samples_total: 0,
+            tokens_total: 0,
+            timing: StepClock::default(),
+            hung: false,
+            models: Vec::new(),
+            exit_incident: None,
+        }
+    }
+
+    fn model_group(&mut self, model: &str) -> u32 {
+        match self.models.iter().position(|m| m == model) {
+            Some(i) => i as u32,
+            None => {
+                self.models.push(model.to_owned());
+                (self.models.len() - 1) as u32
+            }
+        }
+    }
+
     /// The newest checkpoint every rank has reported.
     pub fn latest_complete_checkpoint(&self) -> Option<&CheckpointState> {
         self.checkpoints.values().rev().find(|c| c.complete)
@@ -247,6 +297,7 @@ impl Cluster {
         for reg in nodes {
             let mut node = new_node(reg, now);
             node.connected = false;
+            node.awaiting_reconnect = true;
             node.liveness = Liveness::Suspect {
                 since_ms: now,
                 reason: "controller restarted; waiting for the agent".to_owned(),
@@ -320,7 +371,11 @@ impl Cluster {
                 let was_lost = matches!(node.liveness, Liveness::Lost { .. });
                 let same_inventory = node.cards.len() == reg.cards.len()
                     && node.cards.iter().zip(&reg.cards).all(|(a, b)| a.info == *b);
+                if node.boot_id != reg.boot_id {
+                    node.arrivals.reset();
+                }
                 node.boot_id = reg.boot_id;
+                node.awaiting_reconnect = false;
                 node.spare = reg.spare;
                 node.job = reg.job;
                 node.connected = true;
@@ -373,6 +428,8 @@ impl Cluster {
         let was_suspect = matches!(node.liveness, Liveness::Suspect { .. });
         node.last_seen_ms = now;
         node.last_heartbeat_ms = Some(now);
+        node.arrivals.heartbeat(now);
+        node.awaiting_reconnect = false;
         node.heartbeats += 1;
         node.host = Some(hb.host);
         node.spool_pending = hb.spool_pending;
@@ -436,11 +493,16 @@ impl Cluster {
     fn tick(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         let mut lost = Vec::new();
         for node in self.nodes.values_mut() {
-            if !node.connected && now < self.grace_until {
+            if node.awaiting_reconnect && now < self.grace_until {
                 continue; // restored, still reconnecting after our restart
             }
-            let next =
-                liveness::evaluate(&self.cfg.liveness, &node.liveness, node.last_seen_ms, now);
+            let next = liveness::evaluate(
+                &self.cfg.liveness,
+                &node.arrivals,
+                &node.liveness,
+                node.last_seen_ms,
+                now,
+            );
             if next == node.liveness {
                 continue;
             }
@@ -463,6 +525,7 @@ impl Cluster {
         for (id, last_seen) in lost {
             self.node_lost(id, last_seen, now, fx);
         }
+        self.check_hangs(now, fx);
     }
 
     fn node_lost(&mut self, id: NodeId, last_seen: Millis, now: Millis, fx: &mut Vec<Effect>) {
@@ -616,6 +679,7 @@ impl Cluster {
                     kind: "worker_exit",
                     data: json!({ "node": id, "rank": rank, "pid": pid, "exit_code": exit_code, "signal": signal }),
                 });
+                self.worker_exit(id, rank, exit_code, signal, ev.at_ms.min(now), now, fx);
             }
             EventBody::Progress(rec) => self.progress(id, rec, now, fx),
             EventBody::Checkpoint(c) => self.progress(
@@ -724,27 +788,23 @@ impl Cluster {
             world_size, card, ..
         } = &rec
         {
+            let model = card.and_then(|c| {
+                self.nodes
+                    .get(&node)
+                    .and_then(|n| n.cards.get(c as usize))
+                    .map(|c| c.info.model.clone())
+            });
             let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
                 fx.push(Effect::Feed {
                     kind: "job_started",
                     data: json!({ "job": job_id, "world_size": world_size }),
                 });
-                JobState {
-                    id: job_id.clone(),
-                    world_size: *world_size,
-                    state: JobRunState::Running,
-                    step: 0,
-                    started_at_ms: now,
-                    last_progress_ms: now,
-                    ranks: BTreeMap::new(),
-                    checkpoints: BTreeMap::new(),
-                    steps_total: 0,
-                    samples_total: 0,
-                    tokens_total: 0,
-                }
+                JobState::new(job_id.clone(), *world_size, now)
             });
             job.world_size = *world_size;
             job.state = JobRunState::Running;
+            let group = job.model_group(model.as_deref().unwrap_or("unknown"));
+            job.timing.set_group(rank, group);
             let r = job.ranks.entry(rank).or_insert_with(|| RankState {
                 node: node.clone(),
                 card: *card,
@@ -763,19 +823,11 @@ impl Cluster {
         // started before this controller, or its agent restarted) still
         // count: the job is created and sized by the highest rank seen, and
         // the rank is placed on the sending node with an unknown card.
-        let job = self.jobs.entry(job_id.clone()).or_insert_with(|| JobState {
-            id: job_id.clone(),
-            world_size: rank + 1,
-            state: JobRunState::Running,
-            step: 0,
-            started_at_ms: now,
-            last_progress_ms: now,
-            ranks: BTreeMap::new(),
-            checkpoints: BTreeMap::new(),
-            steps_total: 0,
-            samples_total: 0,
-            tokens_total: 0,
-        });
+        let wcfg = self.cfg.workload;
+        let job = self
+            .jobs
+            .entry(job_id.clone())
+            .or_insert_with(|| JobState::new(job_id.clone(), rank + 1, now));
         job.world_size = job.world_size.max(rank + 1);
         let r = job.ranks.entry(rank).or_insert_with(|| RankState {
             node: node.clone(),
@@ -786,6 +838,7 @@ impl Cluster {
             ended: None,
         });
         r.at_ms = now;
+        let mut verdict = None;
         match rec {
             ProgressRecord::Step {
                 step,
@@ -797,22 +850,31 @@ impl Cluster {
                 r.step = step;
                 r.phase = phase;
                 job.last_progress_ms = now;
-                if phase == Phase::End {
-                    job.steps_total += 1;
-                    job.samples_total += samples.unwrap_or(0);
-                    job.tokens_total += tokens.unwrap_or(0);
-                    if step > job.step {
-                        job.step = step;
-                        if step % PROGRESS_FEED_EVERY == 0 {
-                            fx.push(Effect::Feed {
-                                kind: "job_progress",
-                                data: json!({ "job": job.id, "step": step }),
-                            });
+                match phase {
+                    Phase::Begin => job.timing.on_begin(rank, step, now),
+                    Phase::Collective => job.timing.on_collective(rank, step, now),
+                    Phase::End => {
+                        job.steps_total += 1;
+                        job.samples_total += samples.unwrap_or(0);
+                        job.tokens_total += tokens.unwrap_or(0);
+                        verdict = job.timing.on_end(rank, step, now, &wcfg);
+                        if verdict.is_some() {
+                            job.hung = false;
+                        }
+                        if step > job.step {
+                            job.step = step;
+                            if step % PROGRESS_FEED_EVERY == 0 {
+                                fx.push(Effect::Feed {
+                                    kind: "job_progress",
+                                    data: json!({ "job": job.id, "step": step }),
+                                });
+                            }
                         }
                     }
                 }
             }
             ProgressRecord::Checkpoint { step, path, .. } => {
+                job.timing.on_checkpoint(now);
                 let world = job.world_size;
                 let c = job
                     .checkpoints
@@ -851,6 +913,312 @@ impl Cluster {
             }
             ProgressRecord::Start { .. } => {}
         }
+        if let Some(v) = verdict {
+            self.step_verdict(&job_id, v, now, fx);
+        }
+    }
+
+    /// Acts on what a finished step told the workload detectors.
+    fn step_verdict(&mut self, job_id: &JobId, v: StepVerdict, now: Millis, fx: &mut Vec<Effect>) {
+        if let Some(slow) = v.slowdown {
+            fx.push(Effect::Feed {
+                kind: if slow.is_some() {
+                    "job_slowdown"
+                } else {
+                    "job_speed_recovered"
+                },
+                data: json!({ "job": job_id, "factor": slow,
+                              "note": "every rank slowed together; not blamed on a card" }),
+            });
+        }
+        for (rank, factor) in v.new_stragglers {
+            let Some((node, card)) = self.rank_place(job_id, rank) else {
+                continue;
+            };
+            let cause = Cause {
+                node: node.clone(),
+                card,
+                rank: Some(rank),
+                signal: format!("slow:{factor:.2}x"),
+            };
+            let evidence = format!(
+                "rank {rank} on {node}/{} computes {factor:.2}x as long as its peers of the same card model",
+                card.map_or("?".to_owned(), |c| c.to_string())
+            );
+            self.open_incident(
+                IncidentKind::Straggler,
+                cause,
+                Some(job_id.clone()),
+                now,
+                now,
+                evidence,
+                Action::None,
+                fx,
+            );
+            if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
+                && c.health == CardHealth::Healthy
+            {
+                c.health = CardHealth::Suspect {
+                    since_ms: now,
+                    reason: format!("straggler: {factor:.2}x slower than its peers"),
+                };
+            }
+        }
+        for rank in v.recovered {
+            let Some((node, card)) = self.rank_place(job_id, rank) else {
+                continue;
+            };
+            if let Some(id) = self.open.get(&(node.clone(), card)).copied()
+                && let Some(inc) = self.incidents.get_mut(&id)
+                && inc.kind == IncidentKind::Straggler
+            {
+                inc.add_evidence(format!("rank {rank} back to its peers' speed"));
+                inc.resolve(now);
+                self.open.remove(&(node.clone(), card));
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+            }
+            if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
+                && matches!(&c.health, CardHealth::Suspect { reason, .. } if reason.starts_with("straggler"))
+            {
+                c.health = CardHealth::Healthy;
+            }
+        }
+    }
+
+    fn rank_place(&self, job: &JobId, rank: u32) -> Option<(NodeId, Option<u32>)> {
+        self.jobs
+            .get(job)
+            .and_then(|j| j.ranks.get(&rank))
+            .map(|r| (r.node.clone(), r.card))
+    }
+
+    /// Hang detection: a running job without progress past its deadline.
+    fn check_hangs(&mut self, now: Millis, fx: &mut Vec<Effect>) {
+        let wcfg = self.cfg.workload;
+        let mut hung = Vec::new();
+        for job in self.jobs.values_mut() {
+            if job.state != JobRunState::Running || job.hung || job.steps_total == 0 {
+                continue;
+            }
+            let silence = now - job.last_progress_ms;
+            let deadline = job.timing.hang_deadline_ms(&wcfg);
+            if silence < deadline {
+                continue;
+            }
+            job.hung = true;
+            let laggards = job.timing.laggards(job.world_size);
+            let places: Vec<(u32, NodeId, Option<u32>)> = laggards
+                .iter()
+                .filter_map(|r| job.ranks.get(r).map(|x| (*r, x.node.clone(), x.card)))
+                .collect();
+            hung.push((
+                job.id.clone(),
+                job.last_progress_ms,
+                silence,
+                deadline,
+                places,
+            ));
+        }
+        for (job, since, silence, deadline, places) in hung {
+            self.localize_hang(job, since, silence, deadline, places, now, fx);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn localize_hang(
+        &mut self,
+        job: JobId,
+        since: Millis,
+        silence: Millis,
+        deadline: Millis,
+        places: Vec<(u32, NodeId, Option<u32>)>,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let why = format!("no progress from job {job} for {silence} ms (deadline {deadline} ms)");
+        if !places.is_empty() {
+            // Group the ranks that missed the collective by node: several on
+            // one node point at the node, one points at its card.
+            let mut by_node: BTreeMap<NodeId, Vec<(u32, Option<u32>)>> = BTreeMap::new();
+            for (rank, node, card) in places {
+                by_node.entry(node).or_default().push((rank, card));
+            }
+            for (node, ranks) in by_node.into_iter().take(8) {
+                let (card, rank) = match ranks.as_slice() {
+                    [(rank, card)] => (*card, Some(*rank)),
+                    _ => (None, None),
+                };
+                let list: Vec<String> = ranks.iter().map(|(r, _)| r.to_string()).collect();
+                let evidence = format!(
+                    "{why}; rank(s) {} on {node} never reached the collective",
+                    list.join(",")
+                );
+                let cause = Cause {
+                    node,
+                    card,
+                    rank,
+                    signal: "hang:collective".to_owned(),
+                };
+                self.open_incident(
+                    IncidentKind::Hang,
+                    cause,
+                    Some(job.clone()),
+                    since,
+                    now,
+                    evidence,
+                    Action::RestartApp,
+                    fx,
+                );
+            }
+            return;
+        }
+        // No phase information: fall back to card and node signals of the
+        // job's ranks, then to the node whose ranks went silent first.
+        let Some(j) = self.jobs.get(&job) else { return };
+        let mut suspect: Option<(NodeId, Option<u32>, Option<u32>, String)> = None;
+        for (rank, r) in &j.ranks {
+            let node = self.nodes.get(&r.node);
+            if node.is_some_and(|n| {
+                matches!(n.liveness, Liveness::Lost { .. } | Liveness::Suspect { .. })
+            }) {
+                suspect = Some((r.node.clone(), None, None, "hang:node_silent".to_owned()));
+                break;
+            }
+            let failed = r
+                .card
+                .and_then(|c| node.and_then(|n| n.cards.get(c as usize)))
+                .is_some_and(|c| {
+                    matches!(
+                        c.health,
+                        CardHealth::Failed { .. } | CardHealth::Suspect { .. }
+                    )
+                });
+            if failed {
+                suspect = Some((
+                    r.node.clone(),
+                    r.card,
+                    Some(*rank),
+                    "hang:card_signal".to_owned(),
+                ));
+                break;
+            }
+        }
+        let (node, card, rank, signal) = match suspect {
+            Some(s) => s,
+            None => match j.ranks.iter().min_by_key(|(_, r)| r.at_ms) {
+                Some((rank, r)) => (
+                    r.node.clone(),
+                    None,
+                    None,
+                    format!("hang:silent_first(rank {rank})"),
+                ),
+                None => return,
+            },
+        };
+        let cause = Cause {
+            node,
+            card,
+            rank,
+            signal,
+        };
+        self.open_incident(
+            IncidentKind::Hang,
+            cause,
+            Some(job),
+            since,
+            now,
+            why,
+            Action::RestartApp,
+            fx,
+        );
+    }
+
+    /// A worker process ended. The first rank of a job to fail is the
+    /// culprit; ranks that fail after it are symptoms folded into its incident.
+    #[allow(clippy::too_many_arguments)]
+    fn worker_exit(
+        &mut self,
+        node: NodeId,
+        rank: Option<u32>,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        at: Millis,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        if exit_code == Some(0) {
+            return;
+        }
+        // Which job and card: by rank, or by the node's only running job.
+        let job_id = self
+            .jobs
+            .values()
+            .find(|j| {
+                j.state == JobRunState::Running
+                    && rank.is_some_and(|r| j.ranks.get(&r).is_some_and(|x| x.node == node))
+            })
+            .map(|j| j.id.clone())
+            .or_else(|| self.job_on_node(&node));
+        let card = match (&job_id, rank) {
+            (Some(j), Some(r)) => self.rank_place(j, r).and_then(|(_, c)| c),
+            _ => None,
+        };
+        let how = match (exit_code, signal) {
+            (_, Some(sig)) => format!("signal {sig}"),
+            (Some(code), _) => format!("exit code {code}"),
+            _ => "unknown status".to_owned(),
+        };
+        let evidence = format!(
+            "rank {} on {node} exited ({how})",
+            rank.map_or("?".to_owned(), |r| r.to_string())
+        );
+        let window = self.cfg.workload.hang_floor_ms;
+        if let Some(j) = job_id.as_ref().and_then(|j| self.jobs.get(j))
+            && let Some((id, first_at)) = j.exit_incident
+            && let Some(inc) = self.incidents.get_mut(&id)
+            && inc.state == IncidentState::Open
+            && (at - first_at).abs() <= window
+        {
+            inc.folded += 1;
+            inc.add_evidence(evidence);
+            if at < first_at {
+                // This one failed first: it is the culprit.
+                self.open.remove(&(inc.cause.node.clone(), inc.cause.card));
+                inc.cause = Cause {
+                    node: node.clone(),
+                    card,
+                    rank,
+                    signal: format!("exit:{how}"),
+                };
+                self.open.insert((node, card), id);
+                if let Some(jid) = &job_id
+                    && let Some(j) = self.jobs.get_mut(jid)
+                {
+                    j.exit_incident = Some((id, at));
+                }
+            }
+            fx.push(Effect::Incident(Box::new(inc.clone())));
+            return;
+        }
+        let cause = Cause {
+            node,
+            card,
+            rank,
+            signal: format!("exit:{how}"),
+        };
+        let id = self.open_incident(
+            IncidentKind::WorkerExit,
+            cause,
+            job_id.clone(),
+            at,
+            now,
+            evidence,
+            Action::RestartApp,
+            fx,
+        );
+        if let Some(j) = job_id.and_then(|j| self.jobs.get_mut(&j)) {
+            j.exit_incident = Some((id, at));
+        }
     }
 }
 
@@ -878,6 +1246,8 @@ fn new_node(reg: Registration, now: Millis) -> NodeState {
         spool_pending: 0,
         spool_dropped: 0,
         cards: reg.cards.into_iter().map(new_card).collect(),
+        arrivals: ArrivalWindow::default(),
+        awaiting_reconnect: false,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod rules;
 pub mod scenario;
 pub mod time;
+pub mod workload;
 
 pub use ids::{CardId, IncidentId, JobId, NodeId};
 pub use time::{Millis, Timestamp};

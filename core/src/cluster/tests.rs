@@ -140,19 +140,31 @@ fn heartbeats_from_unknown_nodes_and_cards_are_rejected() {
 fn a_silent_node_is_lost_at_the_threshold_and_never_before() {
     let mut c = cluster();
     reg(&mut c, "n0", 0);
-    hb(&mut c, "n0", 1000).expect("hb");
-    let mut t = 1000;
-    while t < 1000 + 2500 {
+    for i in 1..=10 {
+        hb(&mut c, "n0", i * 1000).expect("hb");
+    }
+    let last = 10_000;
+    let l = c.config().liveness;
+    let mut t = last;
+    let mut opened = Vec::new();
+    while t <= last + l.lost_ms() {
         let fx = c.apply(Input::Tick, t).expect("tick");
-        assert!(incidents(&fx).is_empty(), "lost too early at {t}");
+        if !incidents(&fx).is_empty() {
+            opened.push(t);
+        }
         t += 50;
     }
-    let fx = c.apply(Input::Tick, 3500).expect("tick");
-    let inc = incidents(&fx);
-    assert_eq!(inc.len(), 1);
-    assert_eq!(inc[0].kind, IncidentKind::NodeLost);
-    assert_eq!(inc[0].cause.node, node("n0"));
-    assert_eq!(inc[0].cause.card, None);
+    assert_eq!(opened.len(), 1, "exactly one incident");
+    let silence = opened[0] - last;
+    assert!(
+        silence >= l.min_lost_ms(),
+        "lost too early after {silence} ms"
+    );
+    assert!(silence <= l.lost_ms(), "lost too late after {silence} ms");
+    let inc = c.incidents().next().expect("incident");
+    assert_eq!(inc.kind, IncidentKind::NodeLost);
+    assert_eq!(inc.cause.node, node("n0"));
+    assert_eq!(inc.cause.card, None);
     // Further ticks change nothing.
     assert!(c.apply(Input::Tick, 9000).expect("tick").is_empty());
     // Coming back resolves it.
