@@ -57,6 +57,31 @@ impl Client {
             .with_context(|| format!("controller sent invalid JSON for {path}"))
     }
 
+    /// POSTs a JSON document and returns the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            anyhow::bail!("controller answered {status}: {msg}");
+        }
+        Ok(v)
+    }
+
     /// Follows the event feed from `after`, calling `on_event(id, kind, data)`
     /// for each event. Reconnects after a disconnect, resuming after the last
     /// event seen (so nothing is missed or repeated). Returns when `on_event`

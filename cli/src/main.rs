@@ -49,6 +49,19 @@ enum Command {
         #[command(subcommand)]
         show: Option<HistoryCmd>,
     },
+    /// Take a node or one card out of service (manual quarantine).
+    Cordon {
+        /// NODE or NODE/CARD.
+        target: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Put a cordoned or failed node or card back in service.
+    Uncordon {
+        /// NODE or NODE/CARD.
+        target: String,
+    },
     /// An embedded controller and a simulated cluster running a scenario.
     Demo {
         /// Scenario file (TOML); the built-in scenario when absent.
@@ -202,6 +215,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             print!("{}", vigil_cli::table::render(&["METRIC", "VALUE"], &rows));
             Ok(())
+        }
+        Command::Cordon { target, reason } => {
+            let c = Client::new(&controller)?;
+            let v = c
+                .post(
+                    "/api/v1/cordon",
+                    &serde_json::json!({ "target": target, "reason": reason }),
+                )
+                .await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    println!("cordoned {target}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Uncordon { target } => {
+            let c = Client::new(&controller)?;
+            let v = c
+                .post("/api/v1/uncordon", &serde_json::json!({ "target": target }))
+                .await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    println!("uncordoned {target}");
+                    Ok(())
+                }
+            }
         }
         Command::Nodes => {
             let c = Client::new(&controller)?;

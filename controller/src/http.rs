@@ -36,6 +36,8 @@ pub fn router(state: StateHandle, store: Store) -> Router {
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/events", get(events))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/cordon", axum::routing::post(cordon))
+        .route("/api/v1/uncordon", axum::routing::post(uncordon))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .with_state(Ctx { state, store })
 }
@@ -67,6 +69,14 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
 
 async fn status(State(ctx): State<Ctx>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let breaker = ctx
+        .state
+        .query(move |c| json!({ "open": c.breaker_open(), "allowance_cards": c.quarantine_allowance(now) }))
+        .await;
     let s = &ctx.state.stats;
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -75,8 +85,72 @@ async fn status(State(ctx): State<Ctx>) -> Response {
         "events": s.events.load(Relaxed),
         "duplicate_events": s.duplicate_events.load(Relaxed),
         "rejected": s.rejected.load(Relaxed),
+        "circuit_breaker": breaker,
     }))
     .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CordonRequest {
+    /// `NODE` or `NODE/CARD`.
+    target: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn target(t: &str) -> Result<(vigil_core::NodeId, Option<u32>), String> {
+    if t.contains('/') {
+        let c: vigil_core::CardId = t.parse().map_err(|e| format!("target {t:?}: {e}"))?;
+        Ok((c.node, Some(c.index)))
+    } else {
+        Ok((
+            vigil_core::NodeId::new(t).map_err(|e| format!("target {t:?}: {e}"))?,
+            None,
+        ))
+    }
+}
+
+async fn operator(ctx: &Ctx, body: &str, cordon: bool) -> Response {
+    let req: CordonRequest = match serde_json::from_str(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"target\": \"NODE[/CARD]\"}}: {e}"),
+            );
+        }
+    };
+    let (node, card) = match target(&req.target) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let input = if cordon {
+        vigil_core::cluster::Input::Cordon {
+            node,
+            card,
+            reason: req
+                .reason
+                .unwrap_or_else(|| "cordoned by an operator".to_owned()),
+        }
+    } else {
+        vigil_core::cluster::Input::Uncordon { node, card }
+    };
+    match ctx.state.operator(input).await {
+        Ok(()) => axum::Json(json!({ "ok": true, "target": req.target })).into_response(),
+        Err(e) if e.contains("not registered") || e.contains("inventory") => {
+            error(StatusCode::NOT_FOUND, e)
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn cordon(State(ctx): State<Ctx>, body: String) -> Response {
+    operator(&ctx, &body, true).await
+}
+
+async fn uncordon(State(ctx): State<Ctx>, body: String) -> Response {
+    operator(&ctx, &body, false).await
 }
 
 async fn nodes(State(ctx): State<Ctx>) -> Response {

@@ -80,6 +80,7 @@ enum Msg {
     },
     Query(QueryFn),
     Subscribe(oneshot::Sender<Subscription>),
+    Operator(Input, oneshot::Sender<Result<(), String>>),
 }
 
 /// A feed subscription: recent events then live ones.
@@ -163,6 +164,16 @@ impl StateHandle {
         orx.await.ok()
     }
 
+    /// An operator's cordon or uncordon; the error says why it was refused.
+    pub async fn operator(&self, input: Input) -> Result<(), String> {
+        let (otx, orx) = oneshot::channel();
+        if !self.send(Msg::Operator(input, otx)).await {
+            return Err("controller is shutting down".to_owned());
+        }
+        orx.await
+            .unwrap_or_else(|_| Err("controller is shutting down".to_owned()))
+    }
+
     pub async fn subscribe(&self) -> Option<Subscription> {
         let (otx, orx) = oneshot::channel();
         if !self.send(Msg::Subscribe(otx)).await {
@@ -192,6 +203,7 @@ pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
         feed_seq,
         persist: ptx,
         stats: stats.clone(),
+        next_command: 0,
     };
     tokio::spawn(task.run(rx));
     StateHandle { tx, stats }
@@ -205,6 +217,7 @@ struct StateTask {
     feed_seq: u64,
     persist: mpsc::Sender<Persist>,
     stats: Arc<ControllerStats>,
+    next_command: u64,
 }
 
 impl StateTask {
@@ -294,6 +307,15 @@ impl StateTask {
             }
             Msg::Feed { kind, data } => self.publish(kind, data, now).await,
             Msg::Query(f) => f(&self.cluster),
+            Msg::Operator(input, reply) => match self.cluster.apply(input, now) {
+                Ok(fx) => {
+                    self.effects(fx).await;
+                    let _ = reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            },
             Msg::Subscribe(reply) => {
                 let _ = reply.send(Subscription {
                     recent: self.recent.iter().cloned().collect(),
@@ -316,6 +338,21 @@ impl StateTask {
         for e in fx {
             match e {
                 Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Quarantine { node, card, reason } => {
+                    self.next_command += 1;
+                    let cmd = pb::ControllerMessage {
+                        body: Some(pb::controller_message::Body::Command(pb::Command {
+                            id: self.next_command,
+                            body: Some(pb::command::Body::Quarantine(pb::Quarantine {
+                                card,
+                                reason,
+                            })),
+                        })),
+                    };
+                    if let Some((_, tx)) = self.agents.get(&node) {
+                        let _ = tx.try_send(Ok(cmd));
+                    }
+                }
                 Effect::Incident(inc) => {
                     let kind = if inc.state == vigil_core::incident::IncidentState::Resolved {
                         "incident_resolved"

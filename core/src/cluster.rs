@@ -8,7 +8,12 @@
 use crate::ids::{IncidentId, JobId, NodeId};
 use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
 use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
-use crate::model::{AgentEvent, CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal};
+use crate::model::{
+    AgentEvent, CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal,
+    THROTTLE_HW_POWER_BRAKE, THROTTLE_HW_THERMAL, THROTTLE_SW_THERMAL,
+};
+
+const THERMAL_THROTTLE: u64 = THROTTLE_HW_THERMAL | THROTTLE_SW_THERMAL | THROTTLE_HW_POWER_BRAKE;
 use crate::progress::{Phase, ProgressRecord};
 use crate::rules::{Action, Class, RuleTable};
 use crate::time::{Millis, Timestamp};
@@ -27,6 +32,52 @@ pub struct ClusterConfig {
     /// 10 s between attempts).
     pub restart_grace_ms: Millis,
     pub workload: WorkloadConfig,
+    pub health: HealthConfig,
+    pub breaker: BreakerConfig,
+}
+
+/// Card health hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A suspect card with no new evidence for this long is healthy again.
+    pub quiet_ms: Millis,
+    /// Consecutive heartbeats with thermal or power-brake throttling that
+    /// make throttling "sustained".
+    pub thermal_heartbeats: u32,
+    /// Losses of one node within `flap_window_ms` that make it flapping.
+    pub flap_losses: u32,
+    pub flap_window_ms: Millis,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            quiet_ms: 300_000,
+            thermal_heartbeats: 10,
+            flap_losses: 3,
+            flap_window_ms: 600_000,
+        }
+    }
+}
+
+/// The automatic-quarantine circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Largest share of the cluster's cards quarantined automatically within
+    /// the window (at least one node's worth).
+    pub share: f64,
+    pub window_ms: Millis,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            share: 0.10,
+            window_ms: 600_000,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -36,6 +87,8 @@ impl Default for ClusterConfig {
             rules: RuleTable::default(),
             restart_grace_ms: 15_000,
             workload: WorkloadConfig::default(),
+            health: HealthConfig::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -78,6 +131,9 @@ pub struct CardState {
     pub info: CardInfo,
     pub health: CardHealth,
     pub sample: Option<CardSample>,
+    /// Consecutive heartbeats showing thermal throttling.
+    #[serde(skip)]
+    pub thermal_streak: u32,
 }
 
 /// One node as the controller knows it.
@@ -103,6 +159,8 @@ pub struct NodeState {
     /// Restored from the store after a controller restart and not heard
     /// from since.
     pub awaiting_reconnect: bool,
+    /// Why the controller keeps this node out of service, if it does.
+    pub cordoned: Option<String>,
 }
 
 /// One rank of a job.
@@ -225,9 +283,28 @@ pub struct Registration {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Register(Registration),
-    Heartbeat { node: NodeId, heartbeat: Heartbeat },
-    Event { node: NodeId, event: AgentEvent },
-    Disconnected { node: NodeId, boot_id: String },
+    Heartbeat {
+        node: NodeId,
+        heartbeat: Heartbeat,
+    },
+    Event {
+        node: NodeId,
+        event: AgentEvent,
+    },
+    Disconnected {
+        node: NodeId,
+        boot_id: String,
+    },
+    /// An operator takes a node or card out of service, or puts it back.
+    Cordon {
+        node: NodeId,
+        card: Option<u32>,
+        reason: String,
+    },
+    Uncordon {
+        node: NodeId,
+        card: Option<u32>,
+    },
     Tick,
 }
 
@@ -238,6 +315,12 @@ pub enum Effect {
     Feed { kind: &'static str, data: Value },
     /// Persist this incident (new or changed) and publish it.
     Incident(Box<Incident>),
+    /// Tell a node's agent it (or one card) is quarantined.
+    Quarantine {
+        node: NodeId,
+        card: Option<u32>,
+        reason: String,
+    },
 }
 
 /// Why an input was refused.
@@ -267,6 +350,12 @@ pub struct Cluster {
     next_incident: u64,
     /// Until then, restored nodes that have not reconnected are not judged.
     grace_until: Millis,
+    /// Automatic quarantines within the breaker window: (time, cards).
+    quarantines: std::collections::VecDeque<(Millis, u32)>,
+    /// Since when the breaker withholds automatic quarantine.
+    breaker_open_since: Option<Millis>,
+    /// Recent losses per node, for flap damping.
+    losses: BTreeMap<NodeId, std::collections::VecDeque<Millis>>,
 }
 
 /// Feed events emitted when a job advances this many steps.
@@ -355,6 +444,10 @@ impl Cluster {
             }
             Input::Event { node, event } => self.event(node, event, now, &mut fx)?,
             Input::Disconnected { node, boot_id } => self.disconnected(node, boot_id, now, &mut fx),
+            Input::Cordon { node, card, reason } => {
+                self.cordon(node, card, reason, now, &mut fx)?
+            }
+            Input::Uncordon { node, card } => self.uncordon(node, card, now, &mut fx)?,
             Input::Tick => self.tick(now, &mut fx),
         }
         Ok(fx)
@@ -415,6 +508,7 @@ impl Cluster {
         now: Millis,
         fx: &mut Vec<Effect>,
     ) -> Result<(), Rejected> {
+        let sustain = self.cfg.health.thermal_heartbeats;
         let node = self.known_node(&id)?;
         for s in &hb.cards {
             if s.index as usize >= node.cards.len() {
@@ -436,11 +530,23 @@ impl Cluster {
         node.spool_dropped = hb.spool_dropped;
         node.liveness = Liveness::Alive;
         node.connected = true;
+        let mut hot = Vec::new();
         for s in hb.cards {
             let i = s.index as usize;
             if let Some(c) = node.cards.get_mut(i) {
+                if s.throttle_reasons & THERMAL_THROTTLE != 0 {
+                    c.thermal_streak += 1;
+                    if c.thermal_streak == sustain {
+                        hot.push((s.index, s.temperature_c, s.throttle_reasons));
+                    }
+                } else {
+                    c.thermal_streak = 0;
+                }
                 c.sample = Some(s);
             }
+        }
+        for (card, temp, reasons) in hot {
+            self.sustained_thermal(&id, card, temp, reasons, now, fx);
         }
         if was_suspect {
             fx.push(Effect::Feed {
@@ -459,11 +565,30 @@ impl Cluster {
             kind: "node_recovered",
             data: json!({ "node": id }),
         });
+        let same_boot = self.nodes.get(id).map(|n| n.boot_id.clone());
         if let Some(inc_id) = self.open.get(&(id.clone(), None)).copied()
             && let Some(inc) = self.incidents.get_mut(&inc_id)
-            && inc.kind == IncidentKind::NodeLost
+            && matches!(inc.kind, IncidentKind::NodeLost | IncidentKind::Network)
         {
+            // The same agent boot came back: the node never died, its
+            // network did.
+            let lost_boot = inc
+                .evidence
+                .iter()
+                .find_map(|e| e.strip_prefix("boot ").map(str::to_owned));
+            if lost_boot.is_some() && lost_boot == same_boot {
+                inc.kind = IncidentKind::Network;
+                if inc.cause.signal == "heartbeat_timeout" {
+                    inc.cause.signal = "partition".to_owned();
+                }
+            }
             inc.add_evidence(format!("{id} heard from again at {}", Timestamp(now)));
+            if self.nodes.get(id).is_some_and(|n| n.cordoned.is_some()) {
+                // A cordoned (flapping) node stays an open incident until an
+                // operator uncordons it.
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+                return;
+            }
             inc.resolve(now);
             self.open.remove(&(id.clone(), None));
             fx.push(Effect::Incident(Box::new(inc.clone())));
@@ -526,28 +651,78 @@ impl Cluster {
             self.node_lost(id, last_seen, now, fx);
         }
         self.check_hangs(now, fx);
+        self.decay_suspects(now, fx);
     }
 
     fn node_lost(&mut self, id: NodeId, last_seen: Millis, now: Millis, fx: &mut Vec<Effect>) {
         let spare = self.nodes.get(&id).is_some_and(|n| n.spare);
+        let boot = self
+            .nodes
+            .get(&id)
+            .map(|n| n.boot_id.clone())
+            .unwrap_or_default();
         let job = self.job_on_node(&id);
+        let evidence = format!(
+            "no message from {id} for {} ms (detector bound {}..{} ms)",
+            now - last_seen,
+            self.cfg.liveness.min_lost_ms(),
+            self.cfg.liveness.lost_ms()
+        );
+        // Flap damping: losses of one node within the window are one incident.
+        let hc = self.cfg.health;
+        let losses = self.losses.entry(id.clone()).or_default();
+        while losses.front().is_some_and(|t| now - t > hc.flap_window_ms) {
+            losses.pop_front();
+        }
+        losses.push_back(now);
+        let count = losses.len() as u32;
+        let recent = self.incidents.values_mut().rev().find(|i| {
+            i.cause.node == id
+                && i.cause.card.is_none()
+                && matches!(i.kind, IncidentKind::NodeLost | IncidentKind::Network)
+                && i.detected_at.0 >= now - hc.flap_window_ms
+        });
+        if count > 1
+            && let Some(inc) = recent
+        {
+            let inc_id = inc.id;
+            inc.state = IncidentState::Open;
+            inc.resolved_at = None;
+            inc.folded += 1;
+            inc.add_evidence(format!(
+                "{evidence}; lost {count} times within {} ms",
+                hc.flap_window_ms
+            ));
+            self.open.insert((id.clone(), None), inc_id);
+            if count >= hc.flap_losses {
+                inc.kind = IncidentKind::Network;
+                inc.cause.signal = "flapping".to_owned();
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+                self.quarantine(
+                    &id,
+                    None,
+                    inc_id,
+                    "flapping: repeatedly lost and back",
+                    now,
+                    fx,
+                );
+            } else {
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+            }
+            return;
+        }
         let cause = Cause {
             node: id.clone(),
             card: None,
             rank: None,
             signal: "heartbeat_timeout".to_owned(),
         };
-        let evidence = format!(
-            "no message from {id} for {} ms (threshold {} ms)",
-            now - last_seen,
-            self.cfg.liveness.lost_ms()
-        );
         let action = if spare {
             Action::None
         } else {
             Action::DrainNode
         };
-        self.open_incident(
+        let inc = self.open_incident(
             IncidentKind::NodeLost,
             cause,
             job,
@@ -557,6 +732,9 @@ impl Cluster {
             action,
             fx,
         );
+        if let Some(i) = self.incidents.get_mut(&inc) {
+            i.add_evidence(format!("boot {boot}"));
+        }
     }
 
     fn job_on_node(&self, id: &NodeId) -> Option<JobId> {
@@ -668,6 +846,27 @@ impl Cluster {
                     kind: "probe_hung",
                     data: json!({ "node": id, "card": card, "probe": probe, "waited_ms": waited_ms }),
                 });
+                // The monitor's own failure: recorded, never held against
+                // the card.
+                let cause = Cause {
+                    node: id.clone(),
+                    card: None,
+                    rank: None,
+                    signal: format!("probe_hung:{probe}"),
+                };
+                let evidence =
+                    format!("{id}: card {card} probe '{probe}' did not answer for {waited_ms} ms");
+                let job = self.job_on_node(&id);
+                self.open_incident(
+                    IncidentKind::ProbeHung,
+                    cause,
+                    job,
+                    ev.at_ms.min(now),
+                    now,
+                    evidence,
+                    Action::None,
+                    fx,
+                );
             }
             EventBody::WorkerExit {
                 rank,
@@ -681,7 +880,16 @@ impl Cluster {
                 });
                 self.worker_exit(id, rank, exit_code, signal, ev.at_ms.min(now), now, fx);
             }
-            EventBody::Progress(rec) => self.progress(id, rec, now, fx),
+            EventBody::Progress(rec) => {
+                // Step timing uses the agent's receipt time, which carries no
+                // transport jitter; an agent clock far off ours is ignored.
+                let at = if (ev.at_ms - now).abs() <= 60_000 {
+                    ev.at_ms
+                } else {
+                    now
+                };
+                self.progress(id, rec, at, now, fx)
+            }
             EventBody::Checkpoint(c) => self.progress(
                 id,
                 ProgressRecord::Checkpoint {
@@ -692,6 +900,7 @@ impl Cluster {
                     bytes: c.bytes,
                     sha256: c.sha256,
                 },
+                now,
                 now,
                 fx,
             ),
@@ -733,7 +942,10 @@ impl Cluster {
                     reason: signal.to_string(),
                 };
             }
-            return;
+            // Throttling counts only when sustained (see the heartbeat path).
+            if signal == Signal::Thermal {
+                return;
+            }
         }
         let (job, rank) = self.job_on_card(&id, card);
         let cause = Cause {
@@ -753,8 +965,8 @@ impl Cluster {
             fx,
         );
         // An application-class signal names where the application failed;
-        // the card itself stays healthy.
-        if rule.class == Class::Application {
+        // the card itself stays healthy. A non-fatal signal leaves it suspect.
+        if rule.class == Class::Application || !rule.fatal {
             return;
         }
         if let Some(c) = self.card_mut(&id, card)
@@ -773,6 +985,19 @@ impl Cluster {
                 data: json!({ "node": id, "card": card, "health": "failed", "signal": signal.to_string() }),
             });
         }
+        let target = if rule.action == Action::DrainNode {
+            None
+        } else {
+            Some(card)
+        };
+        self.quarantine(
+            &id,
+            target,
+            inc,
+            &format!("{signal} on card {card}"),
+            now,
+            fx,
+        );
     }
 
     fn card_mut(&mut self, id: &NodeId, card: u32) -> Option<&mut CardState> {
@@ -781,7 +1006,14 @@ impl Cluster {
             .and_then(|n| n.cards.get_mut(card as usize))
     }
 
-    fn progress(&mut self, node: NodeId, rec: ProgressRecord, now: Millis, fx: &mut Vec<Effect>) {
+    fn progress(
+        &mut self,
+        node: NodeId,
+        rec: ProgressRecord,
+        at: Millis,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
         let job_id = rec.job().clone();
         let rank = rec.rank();
         if let ProgressRecord::Start {
@@ -851,13 +1083,13 @@ impl Cluster {
                 r.phase = phase;
                 job.last_progress_ms = now;
                 match phase {
-                    Phase::Begin => job.timing.on_begin(rank, step, now),
-                    Phase::Collective => job.timing.on_collective(rank, step, now),
+                    Phase::Begin => job.timing.on_begin(rank, step, at),
+                    Phase::Collective => job.timing.on_collective(rank, step, at),
                     Phase::End => {
                         job.steps_total += 1;
                         job.samples_total += samples.unwrap_or(0);
                         job.tokens_total += tokens.unwrap_or(0);
-                        verdict = job.timing.on_end(rank, step, now, &wcfg);
+                        verdict = job.timing.on_end(rank, step, at, &wcfg);
                         if verdict.is_some() {
                             job.hung = false;
                         }
@@ -874,7 +1106,7 @@ impl Cluster {
                 }
             }
             ProgressRecord::Checkpoint { step, path, .. } => {
-                job.timing.on_checkpoint(now);
+                job.timing.on_checkpoint(at);
                 let world = job.world_size;
                 let c = job
                     .checkpoints
@@ -1227,6 +1459,7 @@ fn new_card(info: CardInfo) -> CardState {
         info,
         health: CardHealth::Healthy,
         sample: None,
+        thermal_streak: 0,
     }
 }
 
@@ -1248,8 +1481,11 @@ fn new_node(reg: Registration, now: Millis) -> NodeState {
         cards: reg.cards.into_iter().map(new_card).collect(),
         arrivals: ArrivalWindow::default(),
         awaiting_reconnect: false,
+        cordoned: None,
     }
 }
+
+mod safety;
 
 #[cfg(test)]
 mod tests;

@@ -938,9 +938,9 @@ spares = 1
         assert_eq!(
             s.cluster,
             ClusterSpec {
-                nodes: 8,
+                nodes: 32,
                 cards_per_node: 8,
-                spares: 1,
+                spares: 2,
                 card_model: "H100".into(),
                 heartbeat_ms: 1000,
                 groups: vec![],
@@ -950,7 +950,7 @@ spares = 1
             s.job,
             Some(JobSpec {
                 id: "pretrain".into(),
-                world_size: 64,
+                world_size: 256,
                 step_ms: 2000,
                 checkpoint_every: 10,
                 checkpoint_ms: 3000,

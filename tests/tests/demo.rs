@@ -55,7 +55,7 @@ fn the_default_scenario_attributes_every_fault() {
     }
     let job = &r["jobs"][0];
     assert_eq!(job["id"], "pretrain");
-    assert_eq!(job["world_size"], 64);
+    assert_eq!(job["world_size"], 256);
     assert!(job["final_step"].as_u64().is_some_and(|s| s >= 10), "{job}");
     let l = &r["ledger"][0];
     assert_eq!(l["job"], "pretrain");

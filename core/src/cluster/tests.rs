@@ -98,7 +98,7 @@ fn incidents(fx: &[Effect]) -> Vec<&Incident> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Incident(i) => Some(&**i),
-            Effect::Feed { .. } => None,
+            Effect::Feed { .. } | Effect::Quarantine { .. } => None,
         })
         .collect()
 }
@@ -211,8 +211,8 @@ fn xid_79_fails_the_card_and_names_the_rank() {
     }
     let fx = ev(&mut c, "n2", xid(5, 79), 1000);
     let inc = incidents(&fx);
-    assert_eq!(inc.len(), 1);
-    let i = inc[0];
+    assert!(inc.iter().all(|i| i.id == inc[0].id), "one incident");
+    let i = *inc.last().expect("incident");
     assert_eq!(i.kind, IncidentKind::CardFault);
     assert_eq!(i.cause.card, Some(5));
     assert_eq!(i.cause.rank, Some(21));
@@ -220,9 +220,11 @@ fn xid_79_fails_the_card_and_names_the_rank() {
     assert_eq!(i.job, Some(job("pretrain")));
     assert_eq!(i.action.as_deref(), Some("drain_node"));
     let names: Vec<_> = i.phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["detect", "localize"]);
-    let card = &c.node(&node("n2")).expect("node").cards[5];
-    assert_eq!(card.health.name(), "failed");
+    assert_eq!(names, ["detect", "localize", "isolate"]);
+    // XID 79 takes the whole node out: every card quarantined.
+    let n = c.node(&node("n2")).expect("node");
+    assert!(n.cards.iter().all(|c| c.health.name() == "quarantined"));
+    assert!(n.cordoned.is_some());
     // A burst of the same signal folds into the same incident.
     let fx = ev(&mut c, "n2", xid(5, 79), 1100);
     assert_eq!(incidents(&fx)[0].id, i.id);
@@ -410,10 +412,6 @@ proptest! {
             let mut keys = BTreeSet::new();
             for inc in c.incidents().filter(|i| i.state == IncidentState::Open) {
                 prop_assert!(keys.insert((inc.cause.node.clone(), inc.cause.card)));
-                if inc.cause.card.is_some() {
-                    prop_assert!(!keys.contains(&(inc.cause.node.clone(), None))
-                        || inc.folded == 0, "card incident beside a node incident");
-                }
             }
             for n in c.nodes() {
                 for card in &n.cards {
@@ -468,4 +466,426 @@ fn restored_nodes_get_time_to_reconnect_after_a_controller_restart() {
     // Past the grace, silence counts as usual.
     let fx = c.apply(Input::Tick, grace + 1).expect("tick");
     assert_eq!(incidents(&fx)[0].kind, IncidentKind::NodeLost);
+}
+
+fn quarantines(fx: &[Effect]) -> Vec<(NodeId, Option<u32>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Quarantine { node, card, .. } => Some((node.clone(), *card)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn feeds<'a>(fx: &'a [Effect], kind: &str) -> Vec<&'a Value> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Feed { kind: k, data } if *k == kind => Some(data),
+            _ => None,
+        })
+        .collect()
+}
+
+fn big_cluster(nodes: u32) -> Cluster {
+    let mut c = cluster();
+    for i in 0..nodes {
+        reg(&mut c, &format!("n{i}"), 0);
+    }
+    c
+}
+
+#[test]
+fn a_hardware_fault_quarantines_the_card_and_records_isolate() {
+    let mut c = big_cluster(20);
+    let fx = ev(&mut c, "n3", xid(2, 48), 10);
+    assert_eq!(quarantines(&fx), [(node("n3"), Some(2))]);
+    let inc = c.incidents().next().expect("incident");
+    assert!(inc.phases.iter().any(|p| p.name == "isolate"));
+    assert_eq!(
+        c.node(&node("n3")).expect("node").cards[2].health.name(),
+        "quarantined"
+    );
+    // XID 79 calls for the node: every card of it.
+    let fx = ev(&mut c, "n4", xid(0, 79), 20);
+    assert_eq!(quarantines(&fx), [(node("n4"), None)]);
+    assert!(c.node(&node("n4")).expect("node").cordoned.is_some());
+}
+
+#[test]
+fn the_circuit_breaker_stops_mass_quarantine_and_alerts_once() {
+    // 20 nodes x 8 cards = 160 cards; 10% = 16, i.e. two nodes.
+    let mut c = big_cluster(20);
+    let mut alerts = 0;
+    let mut isolated = 0;
+    for i in 0..6 {
+        let fx = ev(&mut c, &format!("n{i}"), xid(0, 79), 100 + i as i64);
+        alerts += feeds(&fx, "alert").len();
+        isolated += quarantines(&fx).len();
+    }
+    assert_eq!(isolated, 2, "only 10% of the cluster");
+    assert_eq!(alerts, 1, "one alert, not a stream");
+    assert!(c.breaker_open());
+    // The faults are still recorded and localized.
+    assert_eq!(c.incidents().count(), 6);
+    let withheld = c
+        .incidents()
+        .filter(|i| i.evidence.iter().any(|e| e.contains("circuit breaker")))
+        .count();
+    assert_eq!(withheld, 4);
+    // After the window, quarantine resumes.
+    let later = 200 + c.config().breaker.window_ms;
+    let fx = ev(&mut c, "n10", xid(0, 48), later);
+    assert_eq!(quarantines(&fx).len(), 1);
+    assert!(!c.breaker_open());
+}
+
+#[test]
+fn operators_cordon_and_uncordon() {
+    let mut c = big_cluster(2);
+    let fx = c
+        .apply(
+            Input::Cordon {
+                node: node("n1"),
+                card: Some(3),
+                reason: "bad fan".into(),
+            },
+            5,
+        )
+        .expect("cordon");
+    assert_eq!(quarantines(&fx), [(node("n1"), Some(3))]);
+    assert!(
+        c.apply(
+            Input::Cordon {
+                node: node("n1"),
+                card: Some(9),
+                reason: String::new()
+            },
+            6
+        )
+        .is_err()
+    );
+    assert!(
+        c.apply(
+            Input::Uncordon {
+                node: node("nx"),
+                card: None
+            },
+            6
+        )
+        .is_err()
+    );
+    ev(&mut c, "n0", xid(1, 48), 10);
+    let fx = c
+        .apply(
+            Input::Uncordon {
+                node: node("n0"),
+                card: Some(1),
+            },
+            20,
+        )
+        .expect("uncordon");
+    assert_eq!(incidents(&fx)[0].state, IncidentState::Resolved);
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[1].health,
+        CardHealth::Healthy
+    );
+}
+
+fn thermal_hb(c: &mut Cluster, name: &str, now: Millis, hot: bool) -> Vec<Effect> {
+    c.apply(
+        Input::Heartbeat {
+            node: node(name),
+            heartbeat: Heartbeat {
+                seq: 1,
+                cards: vec![CardSample {
+                    index: 4,
+                    temperature_c: if hot { 95.0 } else { 60.0 },
+                    throttle_reasons: if hot {
+                        crate::model::THROTTLE_HW_THERMAL
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        },
+        now,
+    )
+    .expect("hb")
+}
+
+#[test]
+fn only_sustained_throttling_opens_an_incident() {
+    let mut c = big_cluster(1);
+    let n = c.config().health.thermal_heartbeats as i64;
+    // Short bursts, however many, never add up.
+    for i in 0..50 {
+        let fx = thermal_hb(&mut c, "n0", i * 1000, i % 4 != 0);
+        assert!(incidents(&fx).is_empty());
+    }
+    let mut opened = 0;
+    for i in 0..n {
+        opened += incidents(&thermal_hb(&mut c, "n0", 100_000 + i * 1000, true)).len();
+    }
+    assert_eq!(opened, 1);
+    let inc = c.incidents().next().expect("incident");
+    assert_eq!(inc.cause.signal, "thermal");
+    assert_eq!(inc.cause.card, Some(4));
+    // Throttling is not fatal: suspect, not quarantined.
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[4].health.name(),
+        "suspect"
+    );
+}
+
+#[test]
+fn a_suspect_card_is_healthy_again_after_a_quiet_period() {
+    let mut c = big_cluster(1);
+    ev(
+        &mut c,
+        "n0",
+        EventBody::CardError {
+            card: 4,
+            signal: "thermal".into(),
+            detail: String::new(),
+        },
+        0,
+    );
+    thermal_hb(&mut c, "n0", 10, false);
+    let quiet = c.config().health.quiet_ms;
+    c.apply(Input::Tick, quiet - 1).expect("tick");
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[4].health.name(),
+        "suspect"
+    );
+    // Keep the node alive so the tick only judges the card.
+    hb(&mut c, "n0", quiet).expect("hb");
+    c.apply(Input::Tick, quiet + 1).expect("tick");
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[4].health.name(),
+        "healthy"
+    );
+}
+
+#[test]
+fn a_hung_probe_is_recorded_but_never_blames_the_card() {
+    let mut c = big_cluster(1);
+    for card in 0..8 {
+        ev(
+            &mut c,
+            "n0",
+            EventBody::ProbeHung {
+                card,
+                probe: "nvml".into(),
+                waited_ms: 3000,
+            },
+            10,
+        );
+    }
+    assert_eq!(c.incidents().count(), 1);
+    let inc = c.incidents().next().expect("incident");
+    assert_eq!(inc.kind, IncidentKind::ProbeHung);
+    assert_eq!(inc.folded, 7);
+    assert!(
+        c.node(&node("n0"))
+            .expect("node")
+            .cards
+            .iter()
+            .all(|c| c.health == CardHealth::Healthy)
+    );
+}
+
+fn lose_and_return(c: &mut Cluster, name: &str, start: Millis) -> Millis {
+    hb(c, name, start).expect("hb");
+    let mut t = start;
+    while !matches!(
+        c.node(&node(name)).expect("node").liveness,
+        Liveness::Lost { .. }
+    ) {
+        t += 100;
+        c.apply(Input::Tick, t).expect("tick");
+    }
+    hb(c, name, t + 100).expect("back");
+    t + 100
+}
+
+#[test]
+fn a_flapping_node_is_one_incident_and_is_cordoned() {
+    let mut c = big_cluster(1);
+    let mut t = 0;
+    for _ in 0..4 {
+        t = lose_and_return(&mut c, "n0", t + 500);
+    }
+    let incs: Vec<&Incident> = c.incidents().collect();
+    assert_eq!(incs.len(), 1, "{incs:#?}");
+    assert_eq!(incs[0].kind, IncidentKind::Network);
+    assert_eq!(incs[0].cause.signal, "flapping");
+    assert_eq!(incs[0].state, IncidentState::Open);
+    assert!(c.node(&node("n0")).expect("node").cordoned.is_some());
+}
+
+#[test]
+fn a_single_partition_heals_into_a_network_incident() {
+    let mut c = big_cluster(1);
+    lose_and_return(&mut c, "n0", 1000);
+    let inc = c.incidents().next().expect("incident");
+    assert_eq!(inc.kind, IncidentKind::Network);
+    assert_eq!(inc.state, IncidentState::Resolved);
+    assert_eq!(inc.cause.signal, "partition");
+}
+
+#[test]
+fn a_short_partition_below_the_threshold_opens_nothing() {
+    let mut c = big_cluster(1);
+    for i in 1..=10 {
+        hb(&mut c, "n0", i * 1000).expect("hb");
+    }
+    // 1.7 intervals of silence, then heartbeats again.
+    for t in (10_000..11_700).step_by(50) {
+        assert!(incidents(&c.apply(Input::Tick, t).expect("tick")).is_empty());
+    }
+    hb(&mut c, "n0", 11_700).expect("hb");
+    assert_eq!(c.incidents().count(), 0);
+}
+
+fn step(c: &mut Cluster, name: &str, rank: u32, step: u64, phase: Phase, now: Millis) {
+    ev(
+        c,
+        name,
+        EventBody::Progress(ProgressRecord::Step {
+            job: job("pretrain"),
+            rank,
+            step,
+            phase,
+            samples: None,
+            tokens: None,
+        }),
+        now,
+    );
+}
+
+#[test]
+fn a_hang_is_localized_to_the_rank_that_missed_the_collective() {
+    let mut c = big_cluster(2);
+    for r in 0..16 {
+        start(&mut c, &format!("n{}", r / 8), r, r % 8, 16, 0);
+    }
+    let mut t = 0;
+    for s in 1..=10u64 {
+        for r in 0..16 {
+            step(&mut c, &format!("n{}", r / 8), r, s, Phase::Begin, t);
+        }
+        for r in 0..16 {
+            step(
+                &mut c,
+                &format!("n{}", r / 8),
+                r,
+                s,
+                Phase::Collective,
+                t + 900,
+            );
+        }
+        for r in 0..16 {
+            step(&mut c, &format!("n{}", r / 8), r, s, Phase::End, t + 1000);
+        }
+        t += 1000;
+    }
+    // Step 11: rank 13 never reaches the collective.
+    for r in 0..16 {
+        step(&mut c, &format!("n{}", r / 8), r, 11, Phase::Begin, t);
+    }
+    for r in (0..16).filter(|r| *r != 13) {
+        step(
+            &mut c,
+            &format!("n{}", r / 8),
+            r,
+            11,
+            Phase::Collective,
+            t + 900,
+        );
+    }
+    let last = t + 900;
+    let deadline = c.config().workload.hang_floor_ms; // 3 x 1 s < 10 s floor
+    for node_name in ["n0", "n1"] {
+        hb(&mut c, node_name, last + deadline - 100).expect("hb");
+    }
+    assert!(incidents(&c.apply(Input::Tick, last + deadline - 1).expect("tick")).is_empty());
+    for node_name in ["n0", "n1"] {
+        hb(&mut c, node_name, last + deadline).expect("hb");
+    }
+    let fx = c.apply(Input::Tick, last + deadline).expect("tick");
+    let inc = incidents(&fx);
+    assert_eq!(inc.len(), 1, "{inc:#?}");
+    assert_eq!(inc[0].kind, IncidentKind::Hang);
+    assert_eq!(inc[0].cause.node, node("n1"));
+    assert_eq!(inc[0].cause.card, Some(5));
+    assert_eq!(inc[0].cause.rank, Some(13));
+    // Reported once.
+    let later = c.apply(Input::Tick, last + deadline + 5000).expect("tick");
+    assert!(
+        incidents(&later)
+            .iter()
+            .all(|i| i.kind != IncidentKind::Hang)
+    );
+}
+
+#[test]
+fn the_first_worker_to_exit_is_the_culprit() {
+    let mut c = big_cluster(2);
+    for r in 0..16 {
+        start(&mut c, &format!("n{}", r / 8), r, r % 8, 16, 0);
+    }
+    let exit = |rank: u32, at: Millis| EventBody::WorkerExit {
+        rank: Some(rank),
+        pid: 100 + rank,
+        exit_code: Some(1),
+        signal: None,
+    };
+    // The symptom (rank 2's NCCL error) is reported before the cause (rank
+    // 12 died first) because its agent was quicker.
+    c.apply(
+        Input::Event {
+            node: node("n0"),
+            event: AgentEvent {
+                seq: 1,
+                at_ms: 1500,
+                body: exit(2, 1500),
+            },
+        },
+        1600,
+    )
+    .expect("event");
+    c.apply(
+        Input::Event {
+            node: node("n1"),
+            event: AgentEvent {
+                seq: 1,
+                at_ms: 1000,
+                body: exit(12, 1000),
+            },
+        },
+        1700,
+    )
+    .expect("event");
+    let incs: Vec<&Incident> = c.incidents().collect();
+    assert_eq!(incs.len(), 1);
+    assert_eq!(incs[0].kind, IncidentKind::WorkerExit);
+    assert_eq!(incs[0].cause.rank, Some(12));
+    assert_eq!(incs[0].cause.node, node("n1"));
+    assert_eq!(incs[0].cause.card, Some(4));
+    assert_eq!(incs[0].folded, 1);
+    // A clean exit is no incident.
+    let fx = ev(
+        &mut c,
+        "n0",
+        EventBody::WorkerExit {
+            rank: Some(3),
+            pid: 1,
+            exit_code: Some(0),
+            signal: None,
+        },
+        2000,
+    );
+    assert!(incidents(&fx).is_empty());
 }

@@ -1,0 +1,286 @@
+//! Isolation and its safety: quarantine with a circuit breaker, operator
+//! cordons, sustained throttling, and the quiet period that clears a
+//! suspect card.
+
+use super::*;
+
+impl Cluster {
+    /// Total cards known, and the most any one node has.
+    fn capacity(&self) -> (u32, u32) {
+        let total = self.nodes.values().map(|n| n.cards.len() as u32).sum();
+        let widest = self
+            .nodes
+            .values()
+            .map(|n| n.cards.len() as u32)
+            .max()
+            .unwrap_or(0);
+        (total, widest)
+    }
+
+    /// Cards an automatic quarantine may still take now without opening the
+    /// breaker: the configured share of the cluster within the window, and
+    /// never less than one node's worth.
+    pub fn quarantine_allowance(&self, now: Millis) -> u32 {
+        let (total, widest) = self.capacity();
+        let limit = ((f64::from(total) * self.cfg.breaker.share).floor() as u32).max(widest);
+        let used: u32 = self
+            .quarantines
+            .iter()
+            .filter(|(t, _)| now - t <= self.cfg.breaker.window_ms)
+            .map(|(_, n)| n)
+            .sum();
+        limit.saturating_sub(used)
+    }
+
+    /// Whether the breaker is withholding automatic quarantine.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker_open_since.is_some()
+    }
+
+    /// Automatically quarantines a card (or, with `card` None, cordons a
+    /// node), unless the circuit breaker forbids it. Returns whether it did.
+    pub(super) fn quarantine(
+        &mut self,
+        node: &NodeId,
+        card: Option<u32>,
+        incident: IncidentId,
+        reason: &str,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let window = self.cfg.breaker.window_ms;
+        while self
+            .quarantines
+            .front()
+            .is_some_and(|(t, _)| now - t > window)
+        {
+            self.quarantines.pop_front();
+        }
+        if self.breaker_open_since.is_some() && self.quarantines.is_empty() {
+            self.breaker_open_since = None;
+            fx.push(Effect::Feed {
+                kind: "circuit_breaker_closed",
+                data: json!({ "note": "automatic quarantine resumes" }),
+            });
+        }
+        let Some(n) = self.nodes.get(node) else {
+            return false;
+        };
+        let cards = match card {
+            Some(_) => 1,
+            None => n.cards.len() as u32,
+        };
+        let already = match card {
+            Some(c) => n
+                .cards
+                .get(c as usize)
+                .is_some_and(|c| matches!(c.health, CardHealth::Quarantined { .. })),
+            None => n.cordoned.is_some(),
+        };
+        if already {
+            return true;
+        }
+        if cards > self.quarantine_allowance(now) {
+            if let Some(inc) = self.incidents.get_mut(&incident) {
+                inc.add_evidence("automatic quarantine withheld: circuit breaker open".to_owned());
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+            }
+            if self.breaker_open_since.is_none() {
+                self.breaker_open_since = Some(now);
+                let (total, _) = self.capacity();
+                fx.push(Effect::Feed {
+                    kind: "alert",
+                    data: json!({
+                        "alert": "circuit_breaker_open",
+                        "note": format!(
+                            "more than {:.0}% of the cluster's {total} cards would be quarantined within {} s; automatic quarantine stopped, operator review needed",
+                            self.cfg.breaker.share * 100.0, window / 1000),
+                    }),
+                });
+            }
+            return false;
+        }
+        self.quarantines.push_back((now, cards));
+        self.apply_quarantine(node, card, reason, now, fx);
+        if let Some(inc) = self.incidents.get_mut(&incident) {
+            inc.phase("isolate", now, Some(now));
+            inc.add_evidence(match card {
+                Some(c) => format!("quarantined {node}/{c}"),
+                None => format!("cordoned {node}"),
+            });
+            fx.push(Effect::Incident(Box::new(inc.clone())));
+        }
+        true
+    }
+
+    fn apply_quarantine(
+        &mut self,
+        node: &NodeId,
+        card: Option<u32>,
+        reason: &str,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let q = CardHealth::Quarantined {
+            at_ms: now,
+            reason: reason.to_owned(),
+        };
+        match card {
+            Some(c) => {
+                if let Some(c) = n.cards.get_mut(c as usize) {
+                    c.health = q;
+                }
+            }
+            None => {
+                n.cordoned = Some(reason.to_owned());
+                for c in &mut n.cards {
+                    c.health = q.clone();
+                }
+            }
+        }
+        fx.push(Effect::Feed {
+            kind: "quarantined",
+            data: json!({ "node": node, "card": card, "reason": reason }),
+        });
+        fx.push(Effect::Quarantine {
+            node: node.clone(),
+            card,
+            reason: reason.to_owned(),
+        });
+    }
+
+    pub(super) fn cordon(
+        &mut self,
+        node: NodeId,
+        card: Option<u32>,
+        reason: String,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Rejected> {
+        let n = self.known_node(&node)?;
+        if let Some(c) = card
+            && c as usize >= n.cards.len()
+        {
+            return Err(Rejected::UnknownCard { node, card: c });
+        }
+        // An operator's decision is not rate-limited by the breaker.
+        self.apply_quarantine(&node, card, &format!("operator: {reason}"), now, fx);
+        Ok(())
+    }
+
+    pub(super) fn uncordon(
+        &mut self,
+        node: NodeId,
+        card: Option<u32>,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Rejected> {
+        let n = self.known_node(&node)?;
+        match card {
+            Some(c) => {
+                let Some(cs) = n.cards.get_mut(c as usize) else {
+                    return Err(Rejected::UnknownCard { node, card: c });
+                };
+                cs.health = CardHealth::Healthy;
+                cs.thermal_streak = 0;
+            }
+            None => {
+                n.cordoned = None;
+                for c in &mut n.cards {
+                    c.health = CardHealth::Healthy;
+                    c.thermal_streak = 0;
+                }
+            }
+        }
+        fx.push(Effect::Feed {
+            kind: "uncordoned",
+            data: json!({ "node": node, "card": card }),
+        });
+        // The operator's clearance closes the open incidents it covers.
+        let keys: Vec<(NodeId, Option<u32>)> = self
+            .open
+            .keys()
+            .filter(|(n, c)| *n == node && (card.is_none() || *c == card))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(id) = self.open.remove(&k)
+                && let Some(inc) = self.incidents.get_mut(&id)
+            {
+                inc.add_evidence("cleared by an operator".to_owned());
+                inc.resolve(now);
+                fx.push(Effect::Incident(Box::new(inc.clone())));
+            }
+        }
+        if card.is_none() {
+            self.losses.remove(&node);
+        }
+        Ok(())
+    }
+
+    /// Throttling held for the configured number of heartbeats.
+    pub(super) fn sustained_thermal(
+        &mut self,
+        node: &NodeId,
+        card: u32,
+        temp: f32,
+        reasons: u64,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let (job, rank) = self.job_on_card(node, card);
+        let n = self.cfg.health.thermal_heartbeats;
+        let evidence = format!(
+            "{node}/{card}: throttled (reasons {reasons:#x}) at {temp:.0} C for {n} heartbeats in a row"
+        );
+        let cause = Cause {
+            node: node.clone(),
+            card: Some(card),
+            rank,
+            signal: "thermal".to_owned(),
+        };
+        self.open_incident(
+            IncidentKind::CardFault,
+            cause,
+            job,
+            now,
+            now,
+            evidence,
+            Action::ResetCard,
+            fx,
+        );
+        if let Some(c) = self.card_mut(node, card)
+            && c.health == CardHealth::Healthy
+        {
+            c.health = CardHealth::Suspect {
+                since_ms: now,
+                reason: "sustained thermal throttling".to_owned(),
+            };
+        }
+    }
+
+    /// Hysteresis: a suspect card with no new evidence for the quiet period
+    /// is healthy again (a passing check). Failed and quarantined cards need
+    /// an operator.
+    pub(super) fn decay_suspects(&mut self, now: Millis, fx: &mut Vec<Effect>) {
+        let quiet = self.cfg.health.quiet_ms;
+        for n in self.nodes.values_mut() {
+            for c in &mut n.cards {
+                if let CardHealth::Suspect { since_ms, .. } = c.health
+                    && now - since_ms >= quiet
+                    && c.thermal_streak == 0
+                    && c.sample.as_ref().is_some_and(|s| !s.unreachable)
+                {
+                    c.health = CardHealth::Healthy;
+                    fx.push(Effect::Feed {
+                        kind: "card_health",
+                        data: json!({ "node": n.id, "card": c.info.index, "health": "healthy", "note": "quiet period passed" }),
+                    });
+                }
+            }
+        }
+    }
+}
