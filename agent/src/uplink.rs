@@ -132,6 +132,8 @@ pub async fn run(
             if p.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
+            // Time spent frozen is not the probe's delay.
+            last_probe = Instant::now();
             continue;
         }
         if conn.is_none() && Instant::now() >= retry_at {
@@ -208,7 +210,8 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let waited = last_probe.elapsed();
-                if waited > cfg.probe_timeout && !probe_hung_reported && !inventory.is_empty() {
+                // A result already waiting means the probe answered.
+                if waited > cfg.probe_timeout && probe_rx.is_empty() && !probe_hung_reported && !inventory.is_empty() {
                     probe_hung_reported = true;
                     tracing::warn!(waited_ms = waited.as_millis() as u64, "card probe is not answering");
                     for c in &inventory {

@@ -34,14 +34,54 @@ pub fn load_scenario(path: Option<&std::path::Path>) -> anyhow::Result<Scenario>
     }
 }
 
+/// Where a correct verdict for a fault points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// An incident naming the fault's card.
+    Card,
+    /// An incident naming the fault's node, no card.
+    Node,
+    /// No incident at all: nothing is wrong with the hardware (an
+    /// informational XID, a job-wide slowdown, a partition shorter than the
+    /// loss threshold, a corrupt checkpoint before any restore).
+    Nothing,
+    /// Either outcome is defensible (a partition near the loss threshold).
+    Unscored,
+}
+
+/// What a correct verdict for `f` is, at heartbeat period `hb_ms`
+/// (scenario milliseconds).
+pub fn expectation(f: &InjectedFault, hb_ms: f64) -> Expect {
+    match f.kind {
+        "xid" if matches!(f.code, Some(63 | 92 | 154 | 157)) => Expect::Nothing,
+        "xid" | "ecc_dbe" | "gpu_lost" | "thermal" | "nvlink" | "pcie_degraded" | "hang"
+        | "slow" | "worker_exit" => Expect::Card,
+        "probe_hang" | "node_crash" | "flap" => Expect::Node,
+        "partition" => {
+            let ms = f.for_s.unwrap_or(0.0) * 1000.0;
+            if ms >= 3.0 * hb_ms {
+                Expect::Node
+            } else if ms <= 1.5 * hb_ms {
+                Expect::Nothing
+            } else {
+                Expect::Unscored
+            }
+        }
+        _ => Expect::Nothing,
+    }
+}
+
 /// How one injected fault was judged.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub fault: InjectedFault,
+    pub expect: Expect,
     /// The incident that names this fault's location, if any.
     pub incident: Option<String>,
-    pub detected: bool,
-    pub localized: bool,
+    /// The fault got the verdict it should have (an incident at the right
+    /// place, or none when none is due).
+    pub correct: bool,
     /// Detection latency in scenario seconds.
     pub latency_s: Option<f64>,
 }
@@ -50,59 +90,106 @@ pub struct Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
     pub faults: usize,
-    pub scored_faults: usize,
-    pub detected: usize,
+    /// Faults that call for an incident.
+    pub expected_incidents: usize,
+    /// Of those, how many got one at the right place.
     pub localized: usize,
+    pub incidents: usize,
+    /// Incidents that point at no injected fault.
     pub false_incidents: usize,
+    /// Incidents that point at the right place / all incidents.
+    pub precision: f64,
+    /// Faults localized / faults that call for an incident.
+    pub recall: f64,
+    /// Quarantined cards that no fault explains.
+    pub false_quarantines: usize,
     pub verdicts: Vec<Verdict>,
 }
 
-/// Fault kinds whose detection this build scores. Kinds added by later
-/// detectors are listed in the report but not scored yet.
-pub fn scored(kind: &str) -> bool {
-    matches!(kind, "xid" | "ecc_dbe" | "gpu_lost" | "node_crash")
-}
-
-/// Compares incidents with the injected truth.
-pub fn score(truth: &Truth, incidents: &[Incident], speed: f64) -> Score {
+/// Compares incidents and quarantines with the injected truth.
+pub fn score(
+    truth: &Truth,
+    incidents: &[Incident],
+    quarantined: &[(String, u32)],
+    speed: f64,
+    hb_ms: f64,
+) -> Score {
     let mut used = vec![false; incidents.len()];
     let mut verdicts = Vec::new();
-    for f in &truth.faults {
-        let node_level = f.kind == "node_crash" || f.kind == "partition" || f.kind == "flap";
-        let found = incidents.iter().enumerate().find(|(i, inc)| {
-            !used[*i]
-                && f.node.as_deref() == Some(inc.cause.node.as_str())
-                && (node_level || inc.cause.card == f.card)
-                && inc.detected_at.0 + 1000 >= f.at.0
-        });
-        let (incident, localized, latency) = match found {
-            Some((i, inc)) => {
-                used[i] = true;
-                let localized = if node_level {
-                    inc.cause.card.is_none()
-                } else {
-                    inc.cause.card == f.card
-                };
-                let latency = (inc.detected_at.0 - f.at.0).max(0) as f64 / 1000.0 * speed;
-                (Some(inc.id.to_string()), localized, Some(latency))
+    let at_place = |f: &InjectedFault, inc: &Incident, expect: Expect| {
+        f.node.as_deref() == Some(inc.cause.node.as_str())
+            && match expect {
+                Expect::Card => inc.cause.card == f.card,
+                Expect::Node => inc.cause.card.is_none(),
+                // Anything at the fault's node or card counts against it.
+                Expect::Nothing | Expect::Unscored => f.card.is_none() || inc.cause.card == f.card,
             }
-            None => (None, false, None),
+            && inc.detected_at.0 + 1000 >= f.at.0
+    };
+    for f in &truth.faults {
+        let expect = expectation(f, hb_ms);
+        let found = incidents
+            .iter()
+            .enumerate()
+            .find(|(i, inc)| !used[*i] && at_place(f, inc, expect))
+            .map(|(i, inc)| {
+                (
+                    i,
+                    inc.id.to_string(),
+                    (inc.detected_at.0 - f.at.0).max(0) as f64 / 1000.0 * speed,
+                )
+            });
+        let (incident, latency) = match (&found, expect) {
+            (Some((i, id, l)), Expect::Card | Expect::Node | Expect::Unscored) => {
+                used[*i] = true;
+                (Some(id.clone()), Some(*l))
+            }
+            (Some((_, id, l)), Expect::Nothing) => (Some(id.clone()), Some(*l)),
+            (None, _) => (None, None),
+        };
+        let correct = match expect {
+            Expect::Card | Expect::Node => incident.is_some(),
+            Expect::Nothing => incident.is_none(),
+            Expect::Unscored => true,
         };
         verdicts.push(Verdict {
             fault: f.clone(),
-            detected: incident.is_some(),
+            expect,
             incident,
-            localized,
+            correct,
             latency_s: latency,
         });
     }
-    let scored_v: Vec<&Verdict> = verdicts.iter().filter(|v| scored(v.fault.kind)).collect();
+    let expected: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| matches!(v.expect, Expect::Card | Expect::Node))
+        .collect();
+    let localized = expected.iter().filter(|v| v.correct).count();
+    let false_incidents = used.iter().filter(|u| !**u).count();
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    // A quarantine is explained by a fault at that card, or at its node when
+    // the fault takes the node (node-level kinds, XID 79, a lost card).
+    let explained = |node: &str, card: u32| {
+        truth.faults.iter().any(|f| {
+            f.node.as_deref() == Some(node)
+                && (f.card == Some(card)
+                    || matches!(f.kind, "node_crash" | "flap" | "partition" | "gpu_lost")
+                    || (f.kind == "xid" && f.code == Some(79)))
+        })
+    };
+    let false_quarantines = quarantined
+        .iter()
+        .filter(|(n, c)| !explained(n, *c))
+        .count();
     Score {
         faults: truth.faults.len(),
-        scored_faults: scored_v.len(),
-        detected: scored_v.iter().filter(|v| v.detected).count(),
-        localized: scored_v.iter().filter(|v| v.localized).count(),
-        false_incidents: used.iter().filter(|u| !**u).count(),
+        expected_incidents: expected.len(),
+        localized,
+        incidents: incidents.len(),
+        false_incidents,
+        precision: ratio(incidents.len() - false_incidents, incidents.len()),
+        recall: ratio(localized, expected.len()),
+        false_quarantines,
         verdicts,
     }
 }
@@ -214,8 +301,29 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         })
         .await
         .unwrap_or_default();
+    let quarantined: Vec<(String, u32)> = controller
+        .state
+        .query(|c| {
+            c.nodes()
+                .flat_map(|n| {
+                    n.cards
+                        .iter()
+                        .filter(|c| c.health.name() == "quarantined")
+                        .map(|c| (n.id.to_string(), c.info.index))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
     let ledger = ledger(&truth, &scn, speed);
-    let sc = score(&truth, &incidents, speed);
+    let sc = score(
+        &truth,
+        &incidents,
+        &quarantined,
+        speed,
+        f64::from(scn.cluster.heartbeat_ms),
+    );
     drop(nodes);
     controller.shutdown().await;
 
@@ -230,6 +338,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         "jobs": jobs,
         "faults": truth.faults,
         "score": sc,
+        "quarantined": quarantined.iter().map(|(n, c)| format!("{n}/{c}")).collect::<Vec<_>>(),
     });
     if human {
         print_summary(&report, &sc);
@@ -334,6 +443,13 @@ fn print_summary(report: &Value, sc: &Score) {
         .verdicts
         .iter()
         .map(|v| {
+            let verdict = match (v.expect, v.correct) {
+                (Expect::Unscored, _) => "not scored",
+                (Expect::Nothing, true) => "correctly ignored",
+                (Expect::Nothing, false) => "FALSE ALARM",
+                (_, true) => "localized",
+                (_, false) => "MISSED",
+            };
             vec![
                 format!("{:.0}", v.fault.at_s),
                 v.fault.kind.to_owned(),
@@ -342,15 +458,7 @@ fn print_summary(report: &Value, sc: &Score) {
                     v.fault.node.clone().unwrap_or_else(|| "job".into()),
                     v.fault.card.map(|c| format!("/{c}")).unwrap_or_default()
                 ),
-                if !scored(v.fault.kind) {
-                    "not scored yet".into()
-                } else if v.localized {
-                    "localized".into()
-                } else if v.detected {
-                    "detected".into()
-                } else {
-                    "MISSED".into()
-                },
+                verdict.to_owned(),
                 v.incident.clone().unwrap_or_else(|| "-".into()),
                 v.latency_s.map_or("-".into(), |l| format!("{l:.2}s")),
             ]
@@ -364,8 +472,13 @@ fn print_summary(report: &Value, sc: &Score) {
         )
     );
     println!(
-        "\n{} of {} scored faults localized, {} false incidents",
-        sc.localized, sc.scored_faults, sc.false_incidents
+        "\n{} of {} faults localized (recall {:.2}), {} false incidents (precision {:.2}), {} false quarantines",
+        sc.localized,
+        sc.expected_incidents,
+        sc.recall,
+        sc.false_incidents,
+        sc.precision,
+        sc.false_quarantines
     );
     for j in report["jobs"].as_array().into_iter().flatten() {
         println!(

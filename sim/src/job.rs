@@ -333,6 +333,11 @@ impl Sim<'_> {
         if starting {
             self.injected.push(InjectedFault {
                 kind: f.kind.name(),
+                code: match f.kind {
+                    FaultKind::Xid { code } => Some(code),
+                    _ => None,
+                },
+                for_s: f.kind.for_s(),
                 node: f.node.clone(),
                 card: f.card,
                 rank: f.card.and_then(|c| self.rank_at(&node_name, c)),

@@ -66,6 +66,10 @@ pub struct SimOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct InjectedFault {
     pub kind: &'static str,
+    /// The XID code, for `xid` faults.
+    pub code: Option<u32>,
+    /// How long a transient fault lasted, scenario seconds.
+    pub for_s: Option<f64>,
     pub node: Option<String>,
     pub card: Option<u32>,
     pub rank: Option<u32>,

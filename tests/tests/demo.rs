@@ -41,6 +41,9 @@ fn the_default_scenario_attributes_every_fault() {
     // Nothing else was blamed.
     assert_eq!(incidents.len(), 4, "{incidents:#?}");
     assert_eq!(r["score"]["localized"], 4);
+    assert_eq!(r["score"]["precision"], 1.0);
+    assert_eq!(r["score"]["recall"], 1.0);
+    assert_eq!(r["score"]["false_quarantines"], 0);
     assert_eq!(r["score"]["false_incidents"], 0);
     // Every incident has a timestamped detect and localize phase.
     for i in incidents {

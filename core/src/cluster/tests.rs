@@ -836,7 +836,7 @@ fn the_first_worker_to_exit_is_the_culprit() {
     for r in 0..16 {
         start(&mut c, &format!("n{}", r / 8), r, r % 8, 16, 0);
     }
-    let exit = |rank: u32, at: Millis| EventBody::WorkerExit {
+    let exit = |rank: u32| EventBody::WorkerExit {
         rank: Some(rank),
         pid: 100 + rank,
         exit_code: Some(1),
@@ -850,7 +850,7 @@ fn the_first_worker_to_exit_is_the_culprit() {
             event: AgentEvent {
                 seq: 1,
                 at_ms: 1500,
-                body: exit(2, 1500),
+                body: exit(2),
             },
         },
         1600,
@@ -862,7 +862,7 @@ fn the_first_worker_to_exit_is_the_culprit() {
             event: AgentEvent {
                 seq: 1,
                 at_ms: 1000,
-                body: exit(12, 1000),
+                body: exit(12),
             },
         },
         1700,
