@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 speed="${1:-10}"
 vigil=./target/release/vigil
-[ -x "$vigil" ] || cargo build --release -p vigil-cli
+cargo build --release -q -p vigil-cli
 out=$(mktemp -d)
 for s in scenarios/*.toml; do
   "$vigil" demo --scenario "$s" --speed "$speed" -o json > "$out/$(basename "$s" .toml).json"

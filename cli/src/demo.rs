@@ -214,7 +214,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
     let mut cfg = ControllerConfig {
         grpc_listen: "127.0.0.1:0".parse()?,
         http_listen: "127.0.0.1:0".parse()?,
-        store: format!("sqlite://{}", dir.join("vigil.db").display()),
+        // A throwaway store: durable across crashes, not power losses.
+        store: format!("sqlite://{}?sync=normal", dir.join("vigil.db").display()),
         ..Default::default()
     };
     cfg.cluster.liveness.heartbeat_ms = vigil_sim::heartbeat_ms(&scn, speed);
@@ -252,8 +253,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         controller: format!("http://{}", controller.grpc_addr),
         speed,
     };
-    let nodes = vigil_sim::spawn_nodes(&scn, &opts_sim)?;
-    let want = nodes.len();
+    let mut sim = vigil_sim::spawn_nodes(&scn, &opts_sim)?;
+    let want = sim.nodes.len();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let n = controller
@@ -277,7 +278,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         .await
         .ok_or_else(|| anyhow::anyhow!("controller stopped"))?;
     let printer = tokio::spawn(print_feed(sub, started_ms, speed, log));
-    let truth = vigil_sim::play(&scn, &nodes, speed).await;
+    let truth = vigil_sim::play(&scn, &mut sim, speed).await;
     // Let detections of faults near the end land: the node-loss threshold
     // plus a heartbeat.
     let hb = f64::from(vigil_sim::heartbeat_ms(&scn, speed));
@@ -294,7 +295,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         .query(|c| {
             c.jobs()
                 .map(|j| {
-                    json!({ "id": j.id, "world_size": j.world_size, "final_step": j.step, "restarts": 0,
+                    json!({ "id": j.id, "world_size": j.world_size, "final_step": j.step, "restarts": j.restarts,
                             "state": j.state, "steps_total": j.steps_total })
                 })
                 .collect()
@@ -324,7 +325,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         speed,
         f64::from(scn.cluster.heartbeat_ms),
     );
-    drop(nodes);
+    drop(sim);
     controller.shutdown().await;
 
     let mut newest_first = incidents.clone();

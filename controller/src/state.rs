@@ -338,6 +338,35 @@ impl StateTask {
         for e in fx {
             match e {
                 Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Worker { node, command } => {
+                    self.next_command += 1;
+                    let body = match command {
+                        vigil_core::cluster::WorkerCommand::Stop { grace_s } => {
+                            pb::command::Body::StopWorkers(pb::StopWorkers { grace_s })
+                        }
+                        vigil_core::cluster::WorkerCommand::Start {
+                            resume_from,
+                            restart_count,
+                            replaces,
+                        } => pb::command::Body::StartWorkers(pb::StartWorkers {
+                            resume_from,
+                            restart_count,
+                            replaces,
+                        }),
+                    };
+                    let cmd = pb::ControllerMessage {
+                        body: Some(pb::controller_message::Body::Command(pb::Command {
+                            id: self.next_command,
+                            body: Some(body),
+                        })),
+                    };
+                    match self.agents.get(&node) {
+                        Some((_, tx)) => {
+                            let _ = tx.try_send(Ok(cmd));
+                        }
+                        None => tracing::warn!(%node, "no stream to send a worker order on"),
+                    }
+                }
                 Effect::Quarantine { node, card, reason } => {
                     self.next_command += 1;
                     let cmd = pb::ControllerMessage {

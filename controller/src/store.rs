@@ -83,8 +83,20 @@ impl Store {
     /// Opens (creating if needed) the store at `url`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
+        let mut relaxed = false;
         let (backend, connect_url) = if let Some(rest) = url.strip_prefix("sqlite://") {
-            let path = rest.split('?').next().unwrap_or(rest);
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                match kv {
+                    "sync=normal" => relaxed = true,
+                    "sync=full" => relaxed = false,
+                    other => {
+                        return Err(StoreError::BadUrl(format!(
+                            "{url} (unknown option {other:?}; only sync=full or sync=normal)"
+                        )));
+                    }
+                }
+            }
             if path.is_empty() {
                 return Err(StoreError::BadUrl(url.to_owned()));
             }
@@ -104,7 +116,25 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
         let max = if backend == Backend::Sqlite { 4 } else { 8 };
+        // Every commit is fsynced by default (synchronous=FULL), so an
+        // acknowledged event survives a power loss. `sync=normal` keeps
+        // durability across process crashes (SIGKILL) only, for throwaway
+        // stores such as the demo's.
+        let sync = if relaxed {
+            "PRAGMA synchronous=NORMAL"
+        } else {
+            "PRAGMA synchronous=FULL"
+        };
+        let is_sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        sqlx::Executor::execute(conn, sync).await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&connect_url)

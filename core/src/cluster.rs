@@ -219,6 +219,10 @@ pub struct JobState {
     /// The open worker-exit incident and the time of its culprit's exit.
     #[serde(skip)]
     exit_incident: Option<(IncidentId, Millis)>,
+    /// Times the job was restarted by a recovery.
+    pub restarts: u32,
+    /// The checkpoint step of the latest restore.
+    pub restored_from: Option<u64>,
 }
 
 impl JobState {
@@ -239,6 +243,8 @@ impl JobState {
             hung: false,
             models: Vec::new(),
             exit_incident: None,
+            restarts: 0,
+            restored_from: None,
         }
     }
 
@@ -315,6 +321,11 @@ pub enum Effect {
     Feed { kind: &'static str, data: Value },
     /// Persist this incident (new or changed) and publish it.
     Incident(Box<Incident>),
+    /// Order a node's worker supervisor to stop or start the job's workers.
+    Worker {
+        node: NodeId,
+        command: WorkerCommand,
+    },
     /// Tell a node's agent it (or one card) is quarantined.
     Quarantine {
         node: NodeId,
@@ -356,6 +367,10 @@ pub struct Cluster {
     breaker_open_since: Option<Millis>,
     /// Recent losses per node, for flap damping.
     losses: BTreeMap<NodeId, std::collections::VecDeque<Millis>>,
+    /// Recovery in progress per job.
+    recoveries: BTreeMap<JobId, Recovery>,
+    /// Incidents opened since the last input, for recovery to pick up.
+    pending_recovery: Vec<IncidentId>,
 }
 
 /// Feed events emitted when a job advances this many steps.
@@ -437,6 +452,7 @@ impl Cluster {
     /// Applies one input at time `now`.
     pub fn apply(&mut self, input: Input, now: Millis) -> Result<Vec<Effect>, Rejected> {
         let mut fx = Vec::new();
+        let heartbeat = matches!(input, Input::Heartbeat { .. });
         match input {
             Input::Register(reg) => self.register(reg, now, &mut fx),
             Input::Heartbeat { node, heartbeat } => {
@@ -449,6 +465,9 @@ impl Cluster {
             }
             Input::Uncordon { node, card } => self.uncordon(node, card, now, &mut fx)?,
             Input::Tick => self.tick(now, &mut fx),
+        }
+        if !self.pending_recovery.is_empty() || (!heartbeat && !self.recoveries.is_empty()) {
+            self.drive_recoveries(now, &mut fx);
         }
         Ok(fx)
     }
@@ -808,6 +827,20 @@ impl Cluster {
         inc.phase("localize", now, Some(now));
         inc.add_evidence(evidence);
         self.open.insert(card_key, id);
+        // Faults that stop the job call for a recovery; a throttled or
+        // degraded card (non-fatal signals) does not.
+        let stops_job = match kind {
+            IncidentKind::CardFault => inc
+                .cause
+                .signal
+                .parse::<Signal>()
+                .is_ok_and(|s| self.cfg.rules.classify(s).fatal),
+            IncidentKind::NodeLost | IncidentKind::Hang | IncidentKind::WorkerExit => true,
+            _ => false,
+        };
+        if inc.job.is_some() && action != Action::None && stops_job {
+            self.pending_recovery.push(id);
+        }
         fx.push(Effect::Incident(Box::new(inc.clone())));
         self.incidents.insert(id, inc);
         id
@@ -1146,7 +1179,11 @@ impl Cluster {
             ProgressRecord::Start { .. } => {}
         }
         if let Some(v) = verdict {
+            let step = self.jobs.get(&job_id).map_or(0, |j| j.timing.step);
             self.step_verdict(&job_id, v, now, fx);
+            if self.recoveries.contains_key(&job_id) {
+                self.step_ended(&job_id, step, now, fx);
+            }
         }
     }
 
@@ -1229,7 +1266,11 @@ impl Cluster {
         let wcfg = self.cfg.workload;
         let mut hung = Vec::new();
         for job in self.jobs.values_mut() {
-            if job.state != JobRunState::Running || job.hung || job.steps_total == 0 {
+            if job.state != JobRunState::Running
+                || job.hung
+                || job.steps_total == 0
+                || self.recoveries.contains_key(&job.id)
+            {
                 continue;
             }
             let silence = now - job.last_progress_ms;
@@ -1381,6 +1422,27 @@ impl Cluster {
         if exit_code == Some(0) {
             return;
         }
+        // During a recovery, exits are expected: ordered stops end workers
+        // with SIGTERM or SIGKILL; a worker that fails while restoring could
+        // not load its checkpoint.
+        let recovering = self
+            .recoveries
+            .values()
+            .find(|r| {
+                self.nodes
+                    .get(&node)
+                    .is_some_and(|n| n.job.as_ref() == Some(&r.job))
+            })
+            .map(|r| (r.job.clone(), r.phase));
+        if let Some((job, phase)) = recovering {
+            if matches!(signal, Some(9 | 15)) {
+                return;
+            }
+            if phase == RecoveryPhase::Restore {
+                self.restore_failed(&job, now, fx);
+            }
+            return;
+        }
         // Which job and card: by rank, or by the node's only running job.
         let job_id = self
             .jobs
@@ -1485,7 +1547,10 @@ fn new_node(reg: Registration, now: Millis) -> NodeState {
     }
 }
 
+mod recovery;
 mod safety;
+
+pub use recovery::{Recovery, RecoveryPhase, WorkerCommand};
 
 #[cfg(test)]
 mod tests;

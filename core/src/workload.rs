@@ -125,6 +125,21 @@ impl StepClock {
         }
     }
 
+    /// The job restarted from a checkpoint: steps count again from there.
+    /// Step-time history is kept; per-step state and straggler windows are
+    /// not (the processes are new, and may run on other cards).
+    pub fn restart(&mut self) {
+        self.step = 0;
+        self.evaluated = 0;
+        self.last_end = None;
+        self.checkpoint_since_end = false;
+        self.begin.iter_mut().for_each(|b| *b = None);
+        self.arrived.iter_mut().for_each(|a| *a = false);
+        self.compute.iter_mut().for_each(|c| *c = None);
+        self.ratios.iter_mut().for_each(VecDeque::clear);
+        self.stragglers.clear();
+    }
+
     /// Ranks sharing a group id are compared with each other (same card model).
     pub fn set_group(&mut self, rank: u32, group: u32) {
         self.ensure(rank);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use vigil_agent::cards::SimFault;
 use vigil_agent::progress::to_event;
+use vigil_agent::supervise::WorkerOrder;
 use vigil_core::model::EventBody;
 use vigil_core::progress::{Phase, ProgressRecord};
 use vigil_core::scenario::{Fault, FaultKind, Scenario};
@@ -27,6 +28,9 @@ pub struct JobOutcome {
     pub last_checkpoint: Option<u64>,
 }
 
+/// Epoch of actions that survive a stop (faults).
+const ALWAYS: u64 = u64::MAX;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
     /// Fault `i` starts.
@@ -39,6 +43,9 @@ enum Action {
     Collective(u32, u64),
     StepEnd(u64),
     CheckpointDone(u64),
+    /// Every node of the placement started its workers: training resumes
+    /// after the checkpoint at this step.
+    Restart(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +60,14 @@ struct Rank {
 struct Sim<'a> {
     scn: &'a Scenario,
     nodes: &'a BTreeMap<String, crate::SimNode>,
-    queue: BinaryHeap<Reverse<(u64, u64, Action)>>,
+    queue: BinaryHeap<Reverse<(u64, u64, u64, Action)>>,
+    /// Job actions of an older epoch (before a stop) are void.
+    epoch: u64,
+    /// Nodes whose workers were started since the last stop.
+    started: std::collections::BTreeSet<String>,
+    /// The checkpoint step that cannot be read back.
+    corrupt_step: Option<u64>,
+    restarts: u32,
     order: u64,
     ranks: Vec<Rank>,
     job: Option<JobId>,
@@ -72,6 +86,7 @@ struct Sim<'a> {
 pub async fn run(
     scn: &Scenario,
     nodes: &BTreeMap<String, SimNode>,
+    orders: &mut tokio::sync::mpsc::Receiver<(String, WorkerOrder)>,
     speed: f64,
     faults: &[Fault],
 ) -> (Option<JobOutcome>, Vec<InjectedFault>) {
@@ -97,6 +112,10 @@ pub async fn run(
         scn,
         nodes,
         queue: BinaryHeap::new(),
+        epoch: 0,
+        started: std::collections::BTreeSet::new(),
+        corrupt_step: None,
+        restarts: 0,
         order: 0,
         ranks,
         job: scn.job.as_ref().and_then(|j| JobId::new(j.id.clone()).ok()),
@@ -116,13 +135,28 @@ pub async fn run(
     sim.start_job();
     let end_ms = (scn.duration_s * 1000.0) as u64;
     let origin = Instant::now();
-    while let Some(Reverse((t, _, action))) = sim.queue.pop() {
-        if t > end_ms {
-            break;
+    let scenario_now = |origin: Instant| (origin.elapsed().as_secs_f64() * speed * 1000.0) as u64;
+    loop {
+        let next = sim.queue.peek().map(|Reverse((t, ..))| *t);
+        let wall = origin
+            + Duration::from_secs_f64(next.unwrap_or(end_ms).min(end_ms) as f64 / 1000.0 / speed);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wall) => {
+                let Some(Reverse((t, _, epoch, action))) = sim.queue.pop() else { break };
+                if t > end_ms {
+                    break;
+                }
+                if epoch == ALWAYS || epoch == sim.epoch {
+                    sim.apply(t, action, faults, speed);
+                }
+            }
+            Some((node, order)) = orders.recv() => {
+                let t = scenario_now(origin);
+                if t <= end_ms {
+                    sim.order(t, node, order);
+                }
+            }
         }
-        let wall = origin + Duration::from_secs_f64(t as f64 / 1000.0 / speed);
-        tokio::time::sleep_until(wall).await;
-        sim.apply(t, action, faults, speed);
     }
     tokio::time::sleep_until(origin + Duration::from_secs_f64(end_ms as f64 / 1000.0 / speed))
         .await;
@@ -130,7 +164,7 @@ pub async fn run(
         id: j.id.clone(),
         world_size: j.world_size,
         final_step: sim.steps_completed,
-        restarts: 0,
+        restarts: sim.restarts,
         steps_completed: sim.steps_completed,
         last_checkpoint: sim.last_checkpoint,
     });
@@ -140,7 +174,65 @@ pub async fn run(
 impl Sim<'_> {
     fn at(&mut self, t: u64, a: Action) {
         self.order += 1;
-        self.queue.push(Reverse((t, self.order, a)));
+        let epoch = match a {
+            Action::Fault(_) | Action::FaultEnd(_) | Action::Flap(..) => ALWAYS,
+            _ => self.epoch,
+        };
+        self.queue.push(Reverse((t, self.order, epoch, a)));
+    }
+
+    /// The controller, through an agent, ordered this node's workers.
+    fn order(&mut self, t: u64, node: String, order: WorkerOrder) {
+        tracing::debug!(t, %node, ?order, "worker order");
+        let Some(spec) = self.scn.job.clone() else {
+            return;
+        };
+        match order {
+            WorkerOrder::Stop { .. } => {
+                // A node that no longer holds ranks (replaced) changes nothing.
+                if !self.ranks.iter().any(|r| r.node == node) {
+                    return;
+                }
+                // Every rank on the node ends; the job cannot step on.
+                self.epoch += 1;
+                self.started.remove(&node);
+                for r in self.ranks.iter().filter(|r| r.node == node) {
+                    if let Some(n) = self.nodes.get(&r.node) {
+                        let _ = n.cards.inject(&SimFault::Load {
+                            card: r.card,
+                            utilization: 0.0,
+                        });
+                    }
+                }
+            }
+            WorkerOrder::Start {
+                resume_from,
+                replaces,
+                ..
+            } => {
+                if !replaces.is_empty() {
+                    for r in self.ranks.iter_mut().filter(|r| r.node == replaces) {
+                        r.node = node.clone();
+                        r.slow = 1.0;
+                        r.dead = false;
+                        r.hung = false;
+                    }
+                }
+                self.started.insert(node);
+                let placement: std::collections::BTreeSet<String> =
+                    self.ranks.iter().map(|r| r.node.clone()).collect();
+                if placement.iter().all(|n| self.started.contains(n)) {
+                    self.started.clear();
+                    self.epoch += 1;
+                    let step = resume_from
+                        .rsplit("step-")
+                        .next()
+                        .and_then(|x| x.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    self.at(t + u64::from(spec.restore_ms), Action::Restart(step));
+                }
+            }
+        }
     }
 
     fn noise(&mut self) -> f64 {
@@ -290,6 +382,49 @@ impl Sim<'_> {
                 } else {
                     self.at(t, Action::StepStart(step + 1));
                 }
+            }
+            Action::Restart(from) => {
+                tracing::debug!(t, from, "restart");
+                if from > 0 && self.corrupt_step == Some(from) {
+                    // The checkpoint cannot be read: the workers fail to load
+                    // it and exit, as the supervisor would report.
+                    if let Some(r) = self.ranks.first()
+                        && let Some(n) = self.nodes.get(&r.node)
+                    {
+                        let _ = n.progress.try_send(EventBody::WorkerExit {
+                            rank: Some(0),
+                            pid: 20_000,
+                            exit_code: Some(3),
+                            signal: None,
+                        });
+                    }
+                    return;
+                }
+                self.restarts += 1;
+                for (i, r) in self.ranks.clone().into_iter().enumerate() {
+                    self.ranks[i].dead = false;
+                    self.ranks[i].hung = false;
+                    self.emit(
+                        i as u32,
+                        ProgressRecord::Start {
+                            job: job.clone(),
+                            rank: i as u32,
+                            world_size: spec.world_size,
+                            local_rank: Some(r.card),
+                            card: Some(r.card),
+                            pid: Some(30_000 + i as u32),
+                        },
+                    );
+                    if let Some(n) = self.nodes.get(&r.node) {
+                        let _ = n.cards.inject(&SimFault::Load {
+                            card: r.card,
+                            utilization: 96.0,
+                        });
+                    }
+                }
+                self.steps_completed = from;
+                self.current_step = from;
+                self.at(t, Action::StepStart(from + 1));
             }
             Action::CheckpointDone(step) => {
                 for i in 0..self.ranks.len() as u32 {
@@ -453,7 +588,9 @@ impl Sim<'_> {
                 self.job_speed = if starting { *factor } else { 1.0 };
             }
             // The corrupt checkpoint only matters when a restore reads it.
-            (FaultKind::CheckpointCorrupt, _) => {}
+            (FaultKind::CheckpointCorrupt, Action::Fault(_)) => {
+                self.corrupt_step = self.last_checkpoint;
+            }
             _ => {}
         }
     }

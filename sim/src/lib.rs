@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vigil_agent::AgentStats;
 use vigil_agent::cards::{SimCards, SimHandle};
+use vigil_agent::supervise::WorkerOrder;
 use vigil_agent::uplink::AgentIo;
 use vigil_agent::{AgentConfig, backoff::BackoffConfig};
 use vigil_core::model::EventBody;
@@ -100,8 +101,17 @@ fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// The simulated cluster: its nodes and the worker orders their agents
+/// receive from the controller (which the simulated ranks obey).
+#[derive(Debug)]
+pub struct SimCluster {
+    pub nodes: BTreeMap<String, SimNode>,
+    pub orders: mpsc::Receiver<(String, WorkerOrder)>,
+}
+
 /// Starts one agent per node and spare of the scenario.
-pub fn spawn_nodes(scn: &Scenario, opts: &SimOptions) -> anyhow::Result<BTreeMap<String, SimNode>> {
+pub fn spawn_nodes(scn: &Scenario, opts: &SimOptions) -> anyhow::Result<SimCluster> {
+    let (orders_tx, orders) = mpsc::channel(1024);
     let hb = Duration::from_millis(u64::from(heartbeat_ms(scn, opts.speed)));
     let job = scn
         .job
@@ -131,6 +141,19 @@ pub fn spawn_nodes(scn: &Scenario, opts: &SimOptions) -> anyhow::Result<BTreeMap
         let (mut io, progress) = AgentIo::new();
         let (freeze, freeze_rx) = watch::channel(false);
         io.pause = Some(freeze_rx);
+        // The agent's worker supervisor, in the simulation, is the simulated
+        // job itself: orders are forwarded to it, tagged with the node.
+        let (wtx, mut wrx) = mpsc::channel::<WorkerOrder>(64);
+        io.worker = Some(wtx);
+        let fwd = orders_tx.clone();
+        let fwd_name = name.clone();
+        tokio::spawn(async move {
+            while let Some(o) = wrx.recv().await {
+                if fwd.send((fwd_name.clone(), o)).await.is_err() {
+                    return;
+                }
+            }
+        });
         let stats = io.stats.clone();
         let node_name = name.clone();
         let task = tokio::spawn(async move {
@@ -151,15 +174,15 @@ pub fn spawn_nodes(scn: &Scenario, opts: &SimOptions) -> anyhow::Result<BTreeMap
             },
         );
     }
-    Ok(nodes)
+    Ok(SimCluster { nodes, orders })
 }
 
 /// Plays `scn` against already started nodes until its end, and returns
 /// what was injected and how the job went.
-pub async fn play(scn: &Scenario, nodes: &BTreeMap<String, SimNode>, speed: f64) -> Truth {
+pub async fn play(scn: &Scenario, cluster: &mut SimCluster, speed: f64) -> Truth {
     let started = now_ms();
     let faults: Vec<Fault> = scn.faults_sorted();
-    let outcome = job::run(scn, nodes, speed, &faults).await;
+    let outcome = job::run(scn, &cluster.nodes, &mut cluster.orders, speed, &faults).await;
     Truth {
         faults: outcome.1,
         job: outcome.0,

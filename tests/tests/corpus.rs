@@ -1,5 +1,6 @@
 //! The scenario corpus: every file in `scenarios/` played through
-//! `vigil demo`, its verdicts scored against the injected truth.
+//! `vigil demo` (at speed 5: 200 ms heartbeats, gentle on a loaded CI
+//! machine), its verdicts scored against the injected truth.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,7 +22,7 @@ fn corpus() -> Vec<PathBuf> {
 
 fn play(path: &PathBuf) -> Result<serde_json::Value, String> {
     let out = Command::new(bin("vigil"))
-        .args(["demo", "-o", "json", "--speed", "10", "--scenario"])
+        .args(["demo", "-o", "json", "--speed", "5", "--scenario"])
         .arg(path)
         .output()
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,414 @@
+//! Recovery orchestration: carry a job from a fault back to training.
+//!
+//! One recovery per job at a time, as a state machine driven by the same
+//! inputs as the rest of the cluster:
+//!
+//! 1. **isolate**: stop the job's workers on every reachable node (the
+//!    faulty card or node is already quarantined by then);
+//! 2. **capacity**: restart in place when no hardware left the job;
+//!    otherwise give each lost, cordoned or quarantined node's ranks to an
+//!    idle spare, or wait (recorded) until one joins;
+//! 3. **restore**: start the workers everywhere from the newest complete
+//!    checkpoint; a restore that fails (the workers exit) marks that
+//!    checkpoint unreadable and falls back to the previous complete one;
+//! 4. **resume**: the first step that ends after the restore resolves the
+//!    incident, with the checkpoint used and the steps lost.
+//!
+//! Only supervised jobs (agents started with `--job`) are orchestrated; for
+//! others the incident records what should be done.
+
+use super::*;
+use crate::incident::CheckpointRef;
+
+/// Where a recovery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryPhase {
+    Isolate,
+    WaitingForCapacity,
+    Restore,
+    Resume,
+}
+
+/// An order for an agent's worker supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerCommand {
+    Stop {
+        grace_s: u32,
+    },
+    Start {
+        resume_from: String,
+        restart_count: u32,
+        replaces: String,
+    },
+}
+
+/// One job's recovery.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub job: JobId,
+    /// The incident that started it, then any that joined.
+    pub incidents: Vec<IncidentId>,
+    pub phase: RecoveryPhase,
+    pub since_ms: Millis,
+    /// Nodes handed to a spare: lost or cordoned node -> spare.
+    pub replacements: BTreeMap<NodeId, NodeId>,
+    pub checkpoint: Option<CheckpointRef>,
+    pub bad_checkpoints: Vec<u64>,
+    pub restart_count: u32,
+    /// Highest step finished before the fault.
+    pub failed_at_step: u64,
+}
+
+/// Seconds between SIGTERM and SIGKILL when stopping workers.
+const STOP_GRACE_S: u32 = 10;
+
+impl Cluster {
+    /// The recoveries in progress.
+    pub fn recoveries(&self) -> impl Iterator<Item = &Recovery> {
+        self.recoveries.values()
+    }
+
+    fn supervised(&self, job: &JobId) -> bool {
+        self.nodes.values().any(|n| n.job.as_ref() == Some(job))
+    }
+
+    /// Nodes running the job, in the current placement.
+    fn placement(&self, job: &JobId) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.job.as_ref() == Some(job))
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    fn node_usable(&self, id: &NodeId) -> bool {
+        self.nodes.get(id).is_some_and(|n| {
+            !matches!(n.liveness, Liveness::Lost { .. })
+                && n.cordoned.is_none()
+                && n.cards.iter().all(|c| {
+                    !matches!(
+                        c.health,
+                        CardHealth::Failed { .. } | CardHealth::Quarantined { .. }
+                    )
+                })
+        })
+    }
+
+    /// Starts or extends recoveries for newly opened incidents, and moves
+    /// every recovery on as far as it can go now.
+    pub(super) fn drive_recoveries(&mut self, now: Millis, fx: &mut Vec<Effect>) {
+        for id in std::mem::take(&mut self.pending_recovery) {
+            let Some(inc) = self.incidents.get(&id) else {
+                continue;
+            };
+            let Some(job) = inc.job.clone() else { continue };
+            if inc.state != IncidentState::Open || !self.supervised(&job) {
+                continue;
+            }
+            let failed_at = self.jobs.get(&job).map_or(0, |j| j.step);
+            match self.recoveries.get_mut(&job) {
+                Some(r) => {
+                    // A fault during recovery: start over with the new
+                    // picture, keeping one recovery for the job.
+                    if !r.incidents.contains(&id) {
+                        r.incidents.push(id);
+                    }
+                    r.phase = RecoveryPhase::Isolate;
+                    r.since_ms = now;
+                }
+                None => {
+                    self.recoveries.insert(
+                        job.clone(),
+                        Recovery {
+                            job: job.clone(),
+                            incidents: vec![id],
+                            phase: RecoveryPhase::Isolate,
+                            since_ms: now,
+                            replacements: BTreeMap::new(),
+                            checkpoint: None,
+                            bad_checkpoints: Vec::new(),
+                            restart_count: 0,
+                            failed_at_step: failed_at,
+                        },
+                    );
+                }
+            }
+        }
+        let jobs: Vec<JobId> = self.recoveries.keys().cloned().collect();
+        for job in jobs {
+            self.advance(&job, now, fx);
+        }
+    }
+
+    fn note(&mut self, job: &JobId, f: impl Fn(&mut Incident)) -> Vec<Effect> {
+        let ids = self
+            .recoveries
+            .get(job)
+            .map(|r| r.incidents.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(inc) = self.incidents.get_mut(&id) {
+                f(inc);
+                out.push(Effect::Incident(Box::new(inc.clone())));
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, job: &JobId, now: Millis, fx: &mut Vec<Effect>) {
+        let Some(r) = self.recoveries.get(job).cloned() else {
+            return;
+        };
+        match r.phase {
+            RecoveryPhase::Isolate => {
+                for node in self.placement(job) {
+                    if self
+                        .nodes
+                        .get(&node)
+                        .is_some_and(|n| !matches!(n.liveness, Liveness::Lost { .. }))
+                    {
+                        fx.push(Effect::Worker {
+                            node,
+                            command: WorkerCommand::Stop {
+                                grace_s: STOP_GRACE_S,
+                            },
+                        });
+                    }
+                }
+                let ev = self.note(job, |inc| {
+                    if !inc.phases.iter().any(|p| p.name == "isolate") {
+                        inc.phase("isolate", now, Some(now));
+                    }
+                    inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
+                });
+                fx.extend(ev);
+                self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
+                self.advance(job, now, fx);
+            }
+            RecoveryPhase::WaitingForCapacity => {
+                let broken: Vec<NodeId> = self
+                    .placement(job)
+                    .into_iter()
+                    .filter(|n| !self.node_usable(n))
+                    .collect();
+                let mut idle: Vec<NodeId> = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.spare && n.job.is_none() && self.node_usable(&n.id))
+                    .map(|n| n.id.clone())
+                    .collect();
+                if broken.len() > idle.len() {
+                    let waiting = r.incidents.iter().any(|id| {
+                        self.incidents.get(id).is_some_and(|i| {
+                            i.phases
+                                .iter()
+                                .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+                        })
+                    });
+                    if !waiting {
+                        let need = broken.len();
+                        let ev = self.note(job, |inc| {
+                            inc.phase("waiting_for_capacity", now, None);
+                            inc.add_evidence(format!("waiting for {need} spare node(s)"));
+                        });
+                        fx.extend(ev);
+                        fx.push(Effect::Feed {
+                            kind: "waiting_for_capacity",
+                            data: json!({ "job": job, "need": broken.len(), "idle_spares": idle.len() }),
+                        });
+                    }
+                    return;
+                }
+                let mut replaced = Vec::new();
+                for old in broken {
+                    let Some(spare) = idle.pop() else { break };
+                    if let Some(n) = self.nodes.get_mut(&spare) {
+                        n.job = Some(job.clone());
+                        n.spare = false;
+                    }
+                    if let Some(n) = self.nodes.get_mut(&old) {
+                        n.job = None;
+                    }
+                    replaced.push((old.clone(), spare.clone()));
+                    if let Some(rec) = self.recoveries.get_mut(job) {
+                        rec.replacements.insert(old, spare);
+                    }
+                }
+                let action = if replaced.is_empty() {
+                    "restart_in_place"
+                } else {
+                    "replace_node"
+                };
+                let ev = self.note(job, |inc| {
+                    for p in inc
+                        .phases
+                        .iter_mut()
+                        .filter(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+                    {
+                        p.end = Some(Timestamp(now));
+                    }
+                    inc.action = Some(action.to_owned());
+                    for (old, spare) in &replaced {
+                        inc.add_evidence(format!("spare {spare} replaces {old}"));
+                    }
+                });
+                fx.extend(ev);
+                self.set_phase(job, RecoveryPhase::Restore, now);
+                self.start_workers(job, now, fx);
+            }
+            RecoveryPhase::Restore => {}
+            RecoveryPhase::Resume => {}
+        }
+    }
+
+    fn set_phase(&mut self, job: &JobId, phase: RecoveryPhase, now: Millis) {
+        if let Some(r) = self.recoveries.get_mut(job) {
+            r.phase = phase;
+            r.since_ms = now;
+        }
+    }
+
+    /// Orders every node of the job to start from the newest usable checkpoint.
+    fn start_workers(&mut self, job: &JobId, now: Millis, fx: &mut Vec<Effect>) {
+        let Some(r) = self.recoveries.get(job).cloned() else {
+            return;
+        };
+        let ckpt = self.jobs.get(job).and_then(|j| {
+            j.checkpoints
+                .values()
+                .rev()
+                .find(|c| c.complete && !r.bad_checkpoints.contains(&c.step))
+                .map(|c| CheckpointRef {
+                    step: c.step,
+                    path: c.path.clone(),
+                })
+        });
+        let restart_count = r.restart_count + 1;
+        let replaced_by: BTreeMap<NodeId, NodeId> = r
+            .replacements
+            .iter()
+            .map(|(a, b)| (b.clone(), a.clone()))
+            .collect();
+        for node in self.placement(job) {
+            fx.push(Effect::Worker {
+                command: WorkerCommand::Start {
+                    resume_from: ckpt.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
+                    restart_count,
+                    replaces: replaced_by
+                        .get(&node)
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                },
+                node,
+            });
+        }
+        if let Some(rec) = self.recoveries.get_mut(job) {
+            rec.checkpoint = ckpt.clone();
+            rec.restart_count = restart_count;
+        }
+        if let Some(j) = self.jobs.get_mut(job) {
+            j.restarts += 1;
+            j.restored_from = ckpt.as_ref().map(|c| c.step);
+            // Progress after the checkpoint is thrown away.
+            j.step = ckpt.as_ref().map_or(0, |c| c.step);
+            j.timing.restart();
+        }
+        let ev = self.note(job, |inc| {
+            if !inc
+                .phases
+                .iter()
+                .any(|p| p.name == "restore" && p.end.is_none())
+            {
+                inc.phase("restore", now, None);
+            }
+            inc.checkpoint = ckpt.clone();
+            inc.add_evidence(match &ckpt {
+                Some(c) => format!("restarting from checkpoint step {} ({})", c.step, c.path),
+                None => "restarting from scratch: no complete checkpoint".to_owned(),
+            });
+        });
+        fx.extend(ev);
+        fx.push(Effect::Feed {
+            kind: "recovery_restore",
+            data: json!({ "job": job, "checkpoint": ckpt, "restart": restart_count }),
+        });
+    }
+
+    /// A worker of a job in restore exited: the checkpoint could not be
+    /// loaded. Fall back to the previous complete one.
+    pub(super) fn restore_failed(
+        &mut self,
+        job: &JobId,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(r) = self.recoveries.get_mut(job) else {
+            return false;
+        };
+        if r.phase != RecoveryPhase::Restore {
+            return false;
+        }
+        let Some(bad) = r.checkpoint.clone() else {
+            return false;
+        };
+        r.bad_checkpoints.push(bad.step);
+        let ev = self.note(job, |inc| {
+            inc.add_evidence(format!(
+                "checkpoint step {} could not be restored; falling back",
+                bad.step
+            ));
+        });
+        fx.extend(ev);
+        for node in self.placement(job) {
+            fx.push(Effect::Worker {
+                node,
+                command: WorkerCommand::Stop {
+                    grace_s: STOP_GRACE_S,
+                },
+            });
+        }
+        self.start_workers(job, now, fx);
+        true
+    }
+
+    /// A step ended: a job in restore has resumed.
+    pub(super) fn step_ended(&mut self, job: &JobId, step: u64, now: Millis, fx: &mut Vec<Effect>) {
+        let Some(r) = self.recoveries.get(job).cloned() else {
+            return;
+        };
+        if r.phase != RecoveryPhase::Restore {
+            return;
+        }
+        let from = r.checkpoint.as_ref().map_or(0, |c| c.step);
+        if step <= from {
+            return;
+        }
+        let lost = r.failed_at_step.saturating_sub(from);
+        let ev = self.note(job, |inc| {
+            for p in inc
+                .phases
+                .iter_mut()
+                .filter(|p| p.name == "restore" && p.end.is_none())
+            {
+                p.end = Some(Timestamp(now));
+            }
+            inc.phase("resume", now, Some(now));
+            inc.lost_steps = Some(lost);
+            inc.add_evidence(format!(
+                "job resumed: step {step} ended after restoring step {from}"
+            ));
+            inc.resolve(now);
+        });
+        fx.extend(ev);
+        for id in &r.incidents {
+            self.open.retain(|_, v| v != id);
+        }
+        self.recoveries.remove(job);
+        fx.push(Effect::Feed {
+            kind: "recovery_done",
+            data: json!({ "job": job, "resumed_at_step": step, "lost_steps": lost }),
+        });
+    }
+}
