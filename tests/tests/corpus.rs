@@ -56,6 +56,7 @@ fn every_scenario_is_localized_without_false_alarms() {
     });
     let mut failures = Vec::new();
     let mut kinds = std::collections::BTreeSet::new();
+    let reports = Mutex::new(std::collections::BTreeMap::new());
     for (path, r) in results.into_inner().expect("results") {
         let name = path
             .file_name()
@@ -64,6 +65,10 @@ fn every_scenario_is_localized_without_false_alarms() {
         match r {
             Err(e) => failures.push(format!("{name}: demo failed: {e}")),
             Ok(report) => {
+                reports
+                    .lock()
+                    .expect("reports")
+                    .insert(name.clone(), report.clone());
                 let s = &report["score"];
                 for v in s["verdicts"].as_array().into_iter().flatten() {
                     kinds.insert(v["fault"]["kind"].as_str().unwrap_or("").to_owned());
@@ -93,6 +98,8 @@ fn every_scenario_is_localized_without_false_alarms() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let reports = reports.into_inner().expect("reports");
+    recovery_checks(&reports);
     for kind in [
         "xid",
         "ecc_dbe",
@@ -111,5 +118,74 @@ fn every_scenario_is_localized_without_false_alarms() {
         "checkpoint_corrupt",
     ] {
         assert!(kinds.contains(kind), "no scenario injects {kind}");
+    }
+}
+
+fn incident<'a>(
+    reports: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    scenario: &str,
+) -> &'a serde_json::Value {
+    let r = reports
+        .get(scenario)
+        .unwrap_or_else(|| panic!("{scenario} was not played"));
+    r["incidents"]
+        .as_array()
+        .and_then(|a| a.last())
+        .unwrap_or_else(|| panic!("{scenario}: no incident"))
+}
+
+fn phases(inc: &serde_json::Value) -> Vec<String> {
+    inc["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The recovery outcomes the corpus must show.
+fn recovery_checks(reports: &std::collections::BTreeMap<String, serde_json::Value>) {
+    // XID 79 with a spare: the node is replaced and the job resumes from the
+    // latest complete checkpoint (none yet at step 19: from scratch), losing
+    // exactly the steps since it.
+    let i = incident(reports, "xid79.toml");
+    assert_eq!(i["state"], "resolved", "{i}");
+    assert_eq!(i["action"], "replace_node");
+    assert_eq!(
+        phases(i),
+        ["detect", "localize", "isolate", "restore", "resume"]
+    );
+    let job = &reports["xid79.toml"]["jobs"][0];
+    assert_eq!(job["restarts"], 1);
+    let lost = i["lost_steps"].as_u64().expect("lost steps");
+    let from = i["checkpoint"]["step"].as_u64().unwrap_or(0);
+    assert!(lost >= 15 && from == 0, "{i}");
+    // A worker exit restarts in place.
+    let i = incident(reports, "worker-exit.toml");
+    assert_eq!(i["action"], "restart_in_place");
+    assert_eq!(i["state"], "resolved");
+    // A hung rank: the job is stopped and resumed.
+    let i = incident(reports, "hang.toml");
+    assert_eq!(i["kind"], "hang");
+    assert_eq!(i["state"], "resolved");
+    assert!(phases(i).contains(&"resume".to_owned()));
+    // A corrupt newest checkpoint: the previous complete one is used.
+    let i = incident(reports, "checkpoint-corrupt.toml");
+    assert_eq!(i["state"], "resolved", "{i}");
+    assert_eq!(i["checkpoint"]["step"], 20, "{i}");
+    assert!(
+        i["evidence"].to_string().contains("could not be restored"),
+        "{i}"
+    );
+    // No spare: the wait is recorded.
+    let i = incident(reports, "no-spare.toml");
+    assert_eq!(i["state"], "open");
+    assert!(
+        phases(i).contains(&"waiting_for_capacity".to_owned()),
+        "{i}"
+    );
+    // A card that is only slow, throttled or degraded does not restart the job.
+    for s in ["slow.toml", "thermal.toml", "pcie-degraded.toml"] {
+        assert_eq!(reports[s]["jobs"][0]["restarts"], 0, "{s}");
     }
 }

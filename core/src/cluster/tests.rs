@@ -889,3 +889,202 @@ fn the_first_worker_to_exit_is_the_culprit() {
     );
     assert!(incidents(&fx).is_empty());
 }
+
+fn reg_as(c: &mut Cluster, name: &str, spare: bool, job_label: Option<&str>, now: Millis) {
+    c.apply(
+        Input::Register(Registration {
+            node: node(name),
+            boot_id: "b1".into(),
+            cards: cards(8),
+            spare,
+            job: job_label.map(job),
+        }),
+        now,
+    )
+    .expect("register");
+}
+
+fn workers(fx: &[Effect]) -> Vec<(String, WorkerCommand)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Worker { node, command } => Some((node.to_string(), command.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two supervised nodes of a 16-rank job, checkpoints at steps 10 and 20
+/// complete, step 23 reached.
+fn supervised(spares: &[&str]) -> Cluster {
+    let mut c = cluster();
+    for n in ["n0", "n1"] {
+        reg_as(&mut c, n, false, Some("pretrain"), 0);
+    }
+    for s in spares {
+        reg_as(&mut c, s, true, None, 0);
+    }
+    for r in 0..16 {
+        start(&mut c, &format!("n{}", r / 8), r, r % 8, 16, 1);
+    }
+    for s in 1..=23u64 {
+        for r in 0..16 {
+            step(
+                &mut c,
+                &format!("n{}", r / 8),
+                r,
+                s,
+                Phase::End,
+                10 + s as i64 * 10,
+            );
+        }
+        if s % 10 == 0 {
+            for r in 0..16 {
+                ev(
+                    &mut c,
+                    &format!("n{}", r / 8),
+                    EventBody::Checkpoint(CheckpointReport {
+                        job: job("pretrain"),
+                        rank: r,
+                        step: s,
+                        path: format!("/ckpt/step-{s}"),
+                        bytes: None,
+                        sha256: None,
+                    }),
+                    10 + s as i64 * 10,
+                );
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn a_dead_node_is_replaced_by_a_spare_and_the_job_resumes_from_the_latest_checkpoint() {
+    let mut c = supervised(&["s0"]);
+    let fx = ev(&mut c, "n1", xid(0, 79), 1000);
+    let w = workers(&fx);
+    assert!(
+        w.contains(&("n0".into(), WorkerCommand::Stop { grace_s: 10 })),
+        "{w:?}"
+    );
+    assert!(w.contains(&("n1".into(), WorkerCommand::Stop { grace_s: 10 })));
+    let start_s0 = WorkerCommand::Start {
+        resume_from: "/ckpt/step-20".into(),
+        restart_count: 1,
+        replaces: "n1".into(),
+    };
+    assert!(w.contains(&("s0".into(), start_s0)), "{w:?}");
+    assert!(
+        !w.iter()
+            .any(|(n, c)| n == "n1" && matches!(c, WorkerCommand::Start { .. }))
+    );
+    // Ranks come back on n0 and s0; the first step after 20 resolves it.
+    for r in 0..16 {
+        let n = if r < 8 { "n0" } else { "s0" };
+        start(&mut c, n, r, r % 8, 16, 1100);
+    }
+    for r in 0..16 {
+        step(
+            &mut c,
+            if r < 8 { "n0" } else { "s0" },
+            r,
+            21,
+            Phase::End,
+            1200,
+        );
+    }
+    let inc = c.incidents().next().expect("incident");
+    assert_eq!(inc.state, IncidentState::Resolved);
+    assert_eq!(inc.action.as_deref(), Some("replace_node"));
+    assert_eq!(inc.lost_steps, Some(3));
+    assert_eq!(inc.checkpoint.as_ref().map(|c| c.step), Some(20));
+    let names: Vec<&str> = inc.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["detect", "localize", "isolate", "restore", "resume"]
+    );
+    assert_eq!(c.jobs().next().map(|j| j.restarts), Some(1));
+}
+
+#[test]
+fn without_a_spare_the_recovery_waits_and_goes_on_when_one_joins() {
+    let mut c = supervised(&[]);
+    let fx = ev(&mut c, "n1", xid(0, 79), 1000);
+    assert!(
+        !workers(&fx)
+            .iter()
+            .any(|(_, c)| matches!(c, WorkerCommand::Start { .. }))
+    );
+    let inc = c.incidents().next().expect("incident");
+    assert!(
+        inc.phases
+            .iter()
+            .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+    );
+    let fx = c
+        .apply(
+            Input::Register(Registration {
+                node: node("s9"),
+                boot_id: "b".into(),
+                cards: cards(8),
+                spare: true,
+                job: None,
+            }),
+            5000,
+        )
+        .expect("register");
+    let starts: Vec<String> = workers(&fx)
+        .into_iter()
+        .filter(|(_, c)| matches!(c, WorkerCommand::Start { .. }))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(starts, ["n0", "s9"]);
+    let inc = c.incidents().next().expect("incident");
+    assert!(
+        inc.phases
+            .iter()
+            .any(|p| p.name == "waiting_for_capacity" && p.end.is_some())
+    );
+}
+
+#[test]
+fn an_unreadable_checkpoint_falls_back_to_the_previous_complete_one() {
+    let mut c = supervised(&[]);
+    // An application fault: restart in place from step 20.
+    let fx = ev(&mut c, "n0", xid(3, 13), 1000);
+    assert!(workers(&fx).iter().any(|(_, c)| matches!(c, WorkerCommand::Start { resume_from, .. } if resume_from == "/ckpt/step-20")));
+    // A worker cannot load it and exits.
+    let fx = ev(
+        &mut c,
+        "n0",
+        EventBody::WorkerExit {
+            rank: Some(0),
+            pid: 9,
+            exit_code: Some(3),
+            signal: None,
+        },
+        1100,
+    );
+    let w = workers(&fx);
+    assert!(w.iter().any(|(_, c)| matches!(c, WorkerCommand::Start { resume_from, restart_count: 2, .. } if resume_from == "/ckpt/step-10")), "{w:?}");
+    // Ordered stops (SIGTERM) during the recovery are not new incidents.
+    ev(
+        &mut c,
+        "n1",
+        EventBody::WorkerExit {
+            rank: Some(9),
+            pid: 10,
+            exit_code: None,
+            signal: Some(15),
+        },
+        1150,
+    );
+    assert_eq!(c.incidents().count(), 1);
+    assert_eq!(
+        c.incidents()
+            .next()
+            .and_then(|i| i.action.clone())
+            .as_deref(),
+        Some("restart_in_place")
+    );
+}
