@@ -39,8 +39,11 @@ pub async fn supervise(
     events: mpsc::Sender<EventBody>,
 ) {
     let mut child: Option<Child> = None;
+    // The pid of the running worker, kept because a reaped child has none.
+    let mut pid = 0;
     if start_now {
         child = spawn(&command, &env, "", 0, "", &events).await;
+        pid = child.as_ref().and_then(Child::id).unwrap_or(0);
     }
     loop {
         tokio::select! {
@@ -55,10 +58,10 @@ pub async fn supervise(
                 Some(WorkerOrder::Start { resume_from, restart_count, replaces }) => {
                     if let Some(mut c) = child.take() { stop(&mut c, Duration::from_secs(5)).await; }
                     child = spawn(&command, &env, &resume_from, restart_count, &replaces, &events).await;
+                    pid = child.as_ref().and_then(Child::id).unwrap_or(0);
                 }
             },
             status = wait(&mut child) => {
-                let pid = child.as_ref().and_then(|c| c.id()).unwrap_or(0);
                 child = None;
                 let (exit_code, signal) = match status {
                     Ok(s) => {

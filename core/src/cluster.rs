@@ -168,6 +168,8 @@ pub struct NodeState {
 pub struct RankState {
     pub node: NodeId,
     pub card: Option<u32>,
+    /// Process id from the rank's `start` record.
+    pub pid: Option<u32>,
     pub step: u64,
     pub phase: Phase,
     pub at_ms: Millis,
@@ -911,7 +913,7 @@ impl Cluster {
                     kind: "worker_exit",
                     data: json!({ "node": id, "rank": rank, "pid": pid, "exit_code": exit_code, "signal": signal }),
                 });
-                self.worker_exit(id, rank, exit_code, signal, ev.at_ms.min(now), now, fx);
+                self.worker_exit(id, pid, rank, exit_code, signal, ev.at_ms.min(now), now, fx);
             }
             EventBody::Progress(rec) => {
                 // Step timing uses the agent's receipt time, which carries no
@@ -1050,7 +1052,10 @@ impl Cluster {
         let job_id = rec.job().clone();
         let rank = rec.rank();
         if let ProgressRecord::Start {
-            world_size, card, ..
+            world_size,
+            card,
+            pid,
+            ..
         } = &rec
         {
             let model = card.and_then(|c| {
@@ -1073,6 +1078,7 @@ impl Cluster {
             let r = job.ranks.entry(rank).or_insert_with(|| RankState {
                 node: node.clone(),
                 card: *card,
+                pid: *pid,
                 step: 0,
                 phase: Phase::End,
                 at_ms: now,
@@ -1080,6 +1086,7 @@ impl Cluster {
             });
             r.node = node;
             r.card = *card;
+            r.pid = *pid;
             r.ended = None;
             r.at_ms = now;
             return;
@@ -1097,6 +1104,7 @@ impl Cluster {
         let r = job.ranks.entry(rank).or_insert_with(|| RankState {
             node: node.clone(),
             card: None,
+            pid: None,
             step: 0,
             phase: Phase::End,
             at_ms: now,
@@ -1412,6 +1420,7 @@ impl Cluster {
     fn worker_exit(
         &mut self,
         node: NodeId,
+        pid: u32,
         rank: Option<u32>,
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -1422,6 +1431,16 @@ impl Cluster {
         if exit_code == Some(0) {
             return;
         }
+        // A supervisor knows the process, not the rank: match its pid
+        // against the ranks' start records.
+        let rank = rank.or_else(|| {
+            self.jobs.values().find_map(|j| {
+                j.ranks
+                    .iter()
+                    .find(|(_, r)| r.node == node && pid != 0 && r.pid == Some(pid))
+                    .map(|(rank, _)| *rank)
+            })
+        });
         // During a recovery, exits are expected: ordered stops end workers
         // with SIGTERM or SIGKILL; a worker that fails while restoring could
         // not load its checkpoint.

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 /// Thresholds of the workload detectors.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct WorkloadConfig {
     /// A job with no progress for this many median step times is hung ...
     pub hang_factor: f64,

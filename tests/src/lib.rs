@@ -106,9 +106,15 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(dir: &std::path::Path, heartbeat_ms: u32) -> Controller {
+        Self::start_with(dir, heartbeat_ms, &[])
+    }
+
+    /// Like [`Controller::start`], with extra flags.
+    pub fn start_with(dir: &std::path::Path, heartbeat_ms: u32, flags: &[&str]) -> Controller {
         let (grpc, http) = (free_port(), free_port());
         let store = format!("sqlite://{}", dir.join("vigil.db").display());
-        let extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
+        let mut extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
+        extra.extend(flags.iter().map(|f| (*f).to_owned()));
         let proc = Self::spawn(dir, grpc, http, &store, &extra);
         let c = Controller {
             proc,

@@ -285,7 +285,8 @@ impl Cluster {
                     path: c.path.clone(),
                 })
         });
-        let restart_count = r.restart_count + 1;
+        // Counted per job across recoveries (VIGIL_RESTART_COUNT).
+        let restart_count = self.jobs.get(job).map_or(0, |j| j.restarts) + 1;
         let replaced_by: BTreeMap<NodeId, NodeId> = r
             .replacements
             .iter()
