@@ -1089,6 +1089,9 @@ impl Cluster {
             r.pid = *pid;
             r.ended = None;
             r.at_ms = now;
+            if self.recoveries.contains_key(&job_id) {
+                self.rank_started(&job_id, rank);
+            }
             return;
         }
         // Records of a job whose `start` records were never seen (the job
@@ -1112,6 +1115,7 @@ impl Cluster {
         });
         r.at_ms = now;
         let mut verdict = None;
+        let mut ended_step = None;
         match rec {
             ProgressRecord::Step {
                 step,
@@ -1127,6 +1131,7 @@ impl Cluster {
                     Phase::Begin => job.timing.on_begin(rank, step, at),
                     Phase::Collective => job.timing.on_collective(rank, step, at),
                     Phase::End => {
+                        ended_step = Some(step);
                         job.steps_total += 1;
                         job.samples_total += samples.unwrap_or(0);
                         job.tokens_total += tokens.unwrap_or(0);
@@ -1187,11 +1192,12 @@ impl Cluster {
             ProgressRecord::Start { .. } => {}
         }
         if let Some(v) = verdict {
-            let step = self.jobs.get(&job_id).map_or(0, |j| j.timing.step);
             self.step_verdict(&job_id, v, now, fx);
-            if self.recoveries.contains_key(&job_id) {
-                self.step_ended(&job_id, step, now, fx);
-            }
+        }
+        if let Some(step) = ended_step
+            && self.recoveries.contains_key(&job_id)
+        {
+            self.step_ended(&job_id, rank, step, now, fx);
         }
     }
 

@@ -58,6 +58,10 @@ pub struct Recovery {
     pub restart_count: u32,
     /// Highest step finished before the fault.
     pub failed_at_step: u64,
+    /// Ranks that reported `start` since the latest restore began: only
+    /// their steps prove the job resumed (records of the stopped processes
+    /// may still be in flight).
+    pub restarted: std::collections::BTreeSet<u32>,
 }
 
 /// Seconds between SIGTERM and SIGKILL when stopping workers.
@@ -130,6 +134,7 @@ impl Cluster {
                             bad_checkpoints: Vec::new(),
                             restart_count: 0,
                             failed_at_step: failed_at,
+                            restarted: std::collections::BTreeSet::new(),
                         },
                     );
                 }
@@ -308,13 +313,13 @@ impl Cluster {
         if let Some(rec) = self.recoveries.get_mut(job) {
             rec.checkpoint = ckpt.clone();
             rec.restart_count = restart_count;
+            rec.restarted.clear();
         }
         if let Some(j) = self.jobs.get_mut(job) {
             j.restarts += 1;
             j.restored_from = ckpt.as_ref().map(|c| c.step);
             // Progress after the checkpoint is thrown away.
             j.step = ckpt.as_ref().map_or(0, |c| c.step);
-            j.timing.restart();
         }
         let ev = self.note(job, |inc| {
             if !inc
@@ -375,11 +380,37 @@ impl Cluster {
     }
 
     /// A step ended: a job in restore has resumed.
-    pub(super) fn step_ended(&mut self, job: &JobId, step: u64, now: Millis, fx: &mut Vec<Effect>) {
-        let Some(r) = self.recoveries.get(job).cloned() else {
+    /// A rank of a job in restore started: the restored processes are up.
+    pub(super) fn rank_started(&mut self, job: &JobId, rank: u32) {
+        let Some(r) = self.recoveries.get_mut(job) else {
             return;
         };
         if r.phase != RecoveryPhase::Restore {
+            return;
+        }
+        if r.restarted.is_empty()
+            && let Some(j) = self.jobs.get_mut(job)
+        {
+            // Steps count again from the checkpoint.
+            j.timing.restart();
+        }
+        r.restarted.insert(rank);
+    }
+
+    /// A rank finished a step: a job in restore has resumed once a restored
+    /// rank finishes a step past the checkpoint.
+    pub(super) fn step_ended(
+        &mut self,
+        job: &JobId,
+        rank: u32,
+        step: u64,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(r) = self.recoveries.get(job).cloned() else {
+            return;
+        };
+        if r.phase != RecoveryPhase::Restore || !r.restarted.contains(&rank) {
             return;
         }
         let from = r.checkpoint.as_ref().map_or(0, |c| c.step);
