@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, env = "VIGIL_SPARE")]
     pub spare: bool,
     /// TOML config file (flags and environment override it).
-    #[arg(long, env = "VIGIL_CONFIG")]
+    #[arg(long, env = "VIGIL_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// Heartbeat period in milliseconds until the controller sets one.
     #[arg(long, env = "VIGIL_HEARTBEAT_MS")]
@@ -77,6 +77,8 @@ pub struct AgentConfig {
     pub backoff: BackoffConfig,
     pub host_metrics: bool,
     pub worker: Vec<String>,
+    /// Obeys worker orders (a worker command, or the simulator's ranks).
+    pub supervises: bool,
 }
 
 impl AgentConfig {
@@ -95,6 +97,7 @@ impl AgentConfig {
             backoff: BackoffConfig::default(),
             host_metrics: true,
             worker: Vec::new(),
+            supervises: false,
         }
     }
 
@@ -148,6 +151,7 @@ impl AgentConfig {
         } else {
             args.worker
         };
+        cfg.supervises = !cfg.worker.is_empty();
         if cfg.spare && cfg.worker.is_empty() {
             return Err("--spare needs a worker command after --".to_owned());
         }

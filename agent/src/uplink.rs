@@ -418,6 +418,7 @@ async fn connect(
         spare: cfg.spare,
         job: cfg.job.as_ref().map(|j| j.to_string()).unwrap_or_default(),
         last_event_seq: spool.last_seq(),
+        supervises: cfg.supervises,
     };
     tx.send(pb::AgentMessage {
         body: Some(pb::agent_message::Body::Register(register)),

@@ -29,7 +29,7 @@ impl Client {
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         anyhow!(
-            "cannot reach the controller at {} ({e}); is vigil-controller running? Point at it with --controller or VIGIL_CONTROLLER",
+            "cannot reach the controller at {} ({e}); is vigil-controller running? Point at it with --controller or VIGIL_API",
             self.base
         )
     }

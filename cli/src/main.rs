@@ -14,13 +14,13 @@ use vigil_cli::{Output, view};
 #[command(name = "vigil", version, about, long_about = None)]
 struct Cli {
     /// Controller HTTP address [default: http://127.0.0.1:7080].
-    #[arg(long, global = true, env = "VIGIL_CONTROLLER")]
+    #[arg(long, global = true, env = "VIGIL_API")]
     controller: Option<String>,
     /// Output format [default: table].
     #[arg(short = 'o', long, global = true, value_enum, env = "VIGIL_OUTPUT")]
     output: Option<Output>,
     /// TOML config file with `controller` and `output` keys.
-    #[arg(long, global = true, env = "VIGIL_CONFIG")]
+    #[arg(long, global = true, env = "VIGIL_CLI_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, env = "VIGIL_STORE")]
     pub store: Option<String>,
     /// TOML config file (flags and environment override it).
-    #[arg(long, env = "VIGIL_CONFIG")]
+    #[arg(long, env = "VIGIL_CONTROLLER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Heartbeat period agents are told to use, milliseconds.
     #[arg(long, env = "VIGIL_HEARTBEAT_MS")]

@@ -82,6 +82,7 @@ pub fn registration(r: pb::Register) -> Result<Registration, Invalid> {
         cards,
         spare: r.spare,
         job,
+        supervises: r.supervises,
     })
 }
 

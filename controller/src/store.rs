@@ -56,7 +56,8 @@ const SCHEMA: &[&str] = &[
         spare BIGINT NOT NULL,
         job TEXT,
         cards_json TEXT NOT NULL,
-        registered_at_ms BIGINT NOT NULL)",
+        registered_at_ms BIGINT NOT NULL,
+        supervises BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS agent_events (
         node TEXT NOT NULL,
         boot_id TEXT NOT NULL,
@@ -147,6 +148,10 @@ impl Store {
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
         }
+        // Stores created before the column existed (an error means it is there).
+        let _ = sqlx::query("ALTER TABLE nodes ADD COLUMN supervises BIGINT NOT NULL DEFAULT 0")
+            .execute(&pool)
+            .await;
         Ok(Store { pool, backend })
     }
 
@@ -164,11 +169,11 @@ impl Store {
         let cards =
             serde_json::to_string(&reg.cards).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO nodes (id, boot_id, spare, job, cards_json, registered_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO nodes (id, boot_id, spare, job, cards_json, registered_at_ms, supervises)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET boot_id = excluded.boot_id, spare = excluded.spare,
                job = excluded.job, cards_json = excluded.cards_json,
-               registered_at_ms = excluded.registered_at_ms",
+               registered_at_ms = excluded.registered_at_ms, supervises = excluded.supervises",
         )
         .bind(reg.node.as_str())
         .bind(&reg.boot_id)
@@ -176,6 +181,7 @@ impl Store {
         .bind(reg.job.as_ref().map(|j| j.as_str().to_owned()))
         .bind(cards)
         .bind(now)
+        .bind(i64::from(reg.supervises))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -183,9 +189,11 @@ impl Store {
 
     /// Every registered node.
     pub async fn nodes(&self) -> Result<Vec<Registration>, StoreError> {
-        let rows = sqlx::query("SELECT id, boot_id, spare, job, cards_json FROM nodes ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, boot_id, spare, job, cards_json, supervises FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
@@ -201,6 +209,7 @@ impl Store {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     cards: serde_json::from_str::<Vec<CardInfo>>(&cards)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    supervises: r.try_get::<i64, _>(5)? != 0,
                 })
             })
             .collect()

@@ -161,6 +161,8 @@ pub struct NodeState {
     pub awaiting_reconnect: bool,
     /// Why the controller keeps this node out of service, if it does.
     pub cordoned: Option<String>,
+    /// The agent runs the job's workers and obeys worker orders.
+    pub supervises: bool,
 }
 
 /// One rank of a job.
@@ -285,6 +287,8 @@ pub struct Registration {
     pub cards: Vec<CardInfo>,
     pub spare: bool,
     pub job: Option<JobId>,
+    /// The agent runs the job's workers and obeys worker orders.
+    pub supervises: bool,
 }
 
 /// One input to the state machine.
@@ -490,6 +494,7 @@ impl Cluster {
                 }
                 node.boot_id = reg.boot_id;
                 node.awaiting_reconnect = false;
+                node.supervises = reg.supervises;
                 node.spare = reg.spare;
                 node.job = reg.job;
                 node.connected = true;
@@ -800,7 +805,19 @@ impl Cluster {
             .get(&node_key)
             .or_else(|| self.open.get(&card_key))
             .copied();
-        if let Some(id) = existing
+        // A fault that stops the job is not folded into a weaker incident
+        // at the same place (a straggler, a degraded card, a hung probe): it
+        // opens its own, which takes over that place.
+        let weak = |c: &Cluster, i: &Incident| match i.kind {
+            IncidentKind::Straggler | IncidentKind::ProbeHung => true,
+            IncidentKind::CardFault => !c.stops_job(i.kind, &i.cause.signal),
+            _ => false,
+        };
+        let takes_over = existing
+            .and_then(|id| self.incidents.get(&id))
+            .is_some_and(|i| weak(self, i) && self.stops_job(kind, &cause.signal));
+        if !takes_over
+            && let Some(id) = existing
             && let Some(inc) = self.incidents.get_mut(&id)
         {
             inc.folded += 1;
@@ -829,23 +846,24 @@ impl Cluster {
         inc.phase("localize", now, Some(now));
         inc.add_evidence(evidence);
         self.open.insert(card_key, id);
-        // Faults that stop the job call for a recovery; a throttled or
-        // degraded card (non-fatal signals) does not.
-        let stops_job = match kind {
-            IncidentKind::CardFault => inc
-                .cause
-                .signal
-                .parse::<Signal>()
-                .is_ok_and(|s| self.cfg.rules.classify(s).fatal),
-            IncidentKind::NodeLost | IncidentKind::Hang | IncidentKind::WorkerExit => true,
-            _ => false,
-        };
-        if inc.job.is_some() && action != Action::None && stops_job {
+        if inc.job.is_some() && action != Action::None && self.stops_job(kind, &inc.cause.signal) {
             self.pending_recovery.push(id);
         }
         fx.push(Effect::Incident(Box::new(inc.clone())));
         self.incidents.insert(id, inc);
         id
+    }
+
+    /// Whether an incident of this kind and signal stops the job (and so
+    /// calls for a recovery). A throttled or degraded card does not.
+    fn stops_job(&self, kind: IncidentKind, signal: &str) -> bool {
+        match kind {
+            IncidentKind::CardFault => signal
+                .parse::<Signal>()
+                .is_ok_and(|s| self.cfg.rules.classify(s).fatal),
+            IncidentKind::NodeLost | IncidentKind::Hang | IncidentKind::WorkerExit => true,
+            _ => false,
+        }
     }
 
     fn event(
@@ -1569,6 +1587,7 @@ fn new_node(reg: Registration, now: Millis) -> NodeState {
         arrivals: ArrivalWindow::default(),
         awaiting_reconnect: false,
         cordoned: None,
+        supervises: reg.supervises,
     }
 }
 

@@ -132,6 +132,7 @@ pub fn spawn_nodes(scn: &Scenario, opts: &SimOptions) -> anyhow::Result<SimClust
         cfg.spare = spare;
         cfg.job = if spare { None } else { job.clone() };
         cfg.host_metrics = false;
+        cfg.supervises = true;
         cfg.probe_timeout = (hb * 3).max(Duration::from_millis(200));
         cfg.backoff = BackoffConfig {
             initial: Duration::from_millis(50),

@@ -33,6 +33,7 @@ async fn exercise(store: &Store, tag: &str) {
         }],
         spare: true,
         job: None,
+        supervises: true,
     };
     store.upsert_node(&reg, 5).await.expect("upsert");
     store.upsert_node(&reg, 6).await.expect("upsert twice");

@@ -74,7 +74,9 @@ impl Cluster {
     }
 
     fn supervised(&self, job: &JobId) -> bool {
-        self.nodes.values().any(|n| n.job.as_ref() == Some(job))
+        self.nodes
+            .values()
+            .any(|n| n.job.as_ref() == Some(job) && n.supervises)
     }
 
     /// Nodes running the job, in the current placement.
@@ -201,7 +203,9 @@ impl Cluster {
                 let mut idle: Vec<NodeId> = self
                     .nodes
                     .values()
-                    .filter(|n| n.spare && n.job.is_none() && self.node_usable(&n.id))
+                    .filter(|n| {
+                        n.spare && n.supervises && n.job.is_none() && self.node_usable(&n.id)
+                    })
                     .map(|n| n.id.clone())
                     .collect();
                 if broken.len() > idle.len() {

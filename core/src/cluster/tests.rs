@@ -31,6 +31,7 @@ fn reg(c: &mut Cluster, name: &str, now: Millis) {
             cards: cards(8),
             spare: false,
             job: None,
+            supervises: false,
         }),
         now,
     )
@@ -333,6 +334,7 @@ fn restore_reopens_incidents_and_continues_numbering() {
         cards: cards(8),
         spare: false,
         job: None,
+        supervises: false,
     }];
     let mut d = cluster();
     d.restore(regs, saved, 100);
@@ -364,6 +366,7 @@ fn arb_input() -> impl Strategy<Value = (u8, Input)> {
                     cards: cards(8),
                     spare: false,
                     job: None,
+                    supervises: false,
                 }),
                 1 => Input::Heartbeat {
                     node: node(n),
@@ -454,6 +457,7 @@ fn restored_nodes_get_time_to_reconnect_after_a_controller_restart() {
         cards: cards(1),
         spare: false,
         job: None,
+        supervises: false,
     }];
     let mut c = cluster();
     c.restore(regs, Vec::new(), 0);
@@ -898,6 +902,7 @@ fn reg_as(c: &mut Cluster, name: &str, spare: bool, job_label: Option<&str>, now
             cards: cards(8),
             spare,
             job: job_label.map(job),
+            supervises: true,
         }),
         now,
     )
@@ -1029,6 +1034,7 @@ fn without_a_spare_the_recovery_waits_and_goes_on_when_one_joins() {
                 cards: cards(8),
                 spare: true,
                 job: None,
+                supervises: true,
             }),
             5000,
         )
@@ -1086,5 +1092,44 @@ fn an_unreadable_checkpoint_falls_back_to_the_previous_complete_one() {
             .and_then(|i| i.action.clone())
             .as_deref(),
         Some("restart_in_place")
+    );
+}
+
+#[test]
+fn a_fatal_fault_is_not_hidden_in_a_weaker_incident_at_the_same_place() {
+    let mut c = big_cluster(1);
+    ev(
+        &mut c,
+        "n0",
+        EventBody::ProbeHung {
+            card: 0,
+            probe: "nvml".into(),
+            waited_ms: 3000,
+        },
+        10,
+    );
+    // The node's card 2 degrades (non-fatal), then fails for real.
+    ev(
+        &mut c,
+        "n0",
+        EventBody::CardError {
+            card: 2,
+            signal: "pcie_degraded".into(),
+            detail: String::new(),
+        },
+        20,
+    );
+    ev(&mut c, "n0", xid(2, 48), 30);
+    let kinds: Vec<(IncidentKind, String)> = c
+        .incidents()
+        .map(|i| (i.kind, i.cause.signal.clone()))
+        .collect();
+    assert!(
+        kinds.contains(&(IncidentKind::CardFault, "xid:48".to_owned())),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        c.node(&node("n0")).expect("node").cards[2].health.name(),
+        "quarantined"
     );
 }
