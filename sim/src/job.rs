@@ -252,20 +252,25 @@ impl Sim<'_> {
         }
     }
 
-    fn start_job(&mut self) {
+    /// Every rank's process starts: a `start` record each, and its card
+    /// gets busy. `pid_base` tells the processes of one launch apart.
+    fn launch_ranks(&mut self, pid_base: u32) {
         let (Some(job), Some(spec)) = (self.job.clone(), self.scn.job.as_ref()) else {
             return;
         };
+        let world = spec.world_size;
         for (i, r) in self.ranks.clone().into_iter().enumerate() {
+            self.ranks[i].dead = false;
+            self.ranks[i].hung = false;
             self.emit(
                 i as u32,
                 ProgressRecord::Start {
                     job: job.clone(),
                     rank: i as u32,
-                    world_size: spec.world_size,
+                    world_size: world,
                     local_rank: Some(r.card),
                     card: Some(r.card),
-                    pid: Some(10_000 + i as u32),
+                    pid: Some(pid_base + i as u32),
                 },
             );
             if let Some(n) = self.nodes.get(&r.node) {
@@ -275,6 +280,13 @@ impl Sim<'_> {
                 });
             }
         }
+    }
+
+    fn start_job(&mut self) {
+        if self.scn.job.is_none() {
+            return;
+        }
+        self.launch_ranks(10_000);
         self.at(0, Action::StepStart(1));
     }
 
@@ -401,27 +413,7 @@ impl Sim<'_> {
                     return;
                 }
                 self.restarts += 1;
-                for (i, r) in self.ranks.clone().into_iter().enumerate() {
-                    self.ranks[i].dead = false;
-                    self.ranks[i].hung = false;
-                    self.emit(
-                        i as u32,
-                        ProgressRecord::Start {
-                            job: job.clone(),
-                            rank: i as u32,
-                            world_size: spec.world_size,
-                            local_rank: Some(r.card),
-                            card: Some(r.card),
-                            pid: Some(30_000 + i as u32),
-                        },
-                    );
-                    if let Some(n) = self.nodes.get(&r.node) {
-                        let _ = n.cards.inject(&SimFault::Load {
-                            card: r.card,
-                            utilization: 96.0,
-                        });
-                    }
-                }
+                self.launch_ranks(30_000 + 1000 * self.restarts);
                 self.steps_completed = from;
                 self.current_step = from;
                 self.at(t, Action::StepStart(from + 1));

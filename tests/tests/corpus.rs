@@ -100,23 +100,7 @@ fn every_scenario_is_localized_without_false_alarms() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let reports = reports.into_inner().expect("reports");
     recovery_checks(&reports);
-    for kind in [
-        "xid",
-        "ecc_dbe",
-        "gpu_lost",
-        "thermal",
-        "nvlink",
-        "pcie_degraded",
-        "hang",
-        "slow",
-        "worker_exit",
-        "probe_hang",
-        "node_crash",
-        "partition",
-        "flap",
-        "job_slowdown",
-        "checkpoint_corrupt",
-    ] {
+    for kind in vigil_core::scenario::FAULT_KINDS {
         assert!(kinds.contains(kind), "no scenario injects {kind}");
     }
 }
