@@ -41,6 +41,9 @@ pub async fn supervise(
     let mut child: Option<Child> = None;
     // The pid of the running worker, kept because a reaped child has none.
     let mut pid = 0;
+    // Which restart the running worker belongs to: an order repeated for
+    // the same restart (a controller that restarted) is not a new restore.
+    let mut running_restart: Option<u32> = None;
     if start_now {
         child = spawn(&command, &env, "", 0, "", &events).await;
         pid = child.as_ref().and_then(Child::id).unwrap_or(0);
@@ -53,9 +56,15 @@ pub async fn supervise(
                     return;
                 }
                 Some(WorkerOrder::Stop { grace }) => {
+                    running_restart = None;
                     if let Some(mut c) = child.take() { stop(&mut c, grace).await; }
                 }
                 Some(WorkerOrder::Start { resume_from, restart_count, replaces }) => {
+                    if child.is_some() && running_restart == Some(restart_count) {
+                        tracing::info!(restart_count, "workers already run this restart; order ignored");
+                        continue;
+                    }
+                    running_restart = Some(restart_count);
                     if let Some(mut c) = child.take() { stop(&mut c, Duration::from_secs(5)).await; }
                     child = spawn(&command, &env, &resume_from, restart_count, &replaces, &events).await;
                     pid = child.as_ref().and_then(Child::id).unwrap_or(0);

@@ -80,6 +80,14 @@ pub async fn start(cfg: ControllerConfig) -> anyhow::Result<Running> {
         "restored state from the store"
     );
     cluster.restore(nodes, incidents, now_ms());
+    let recoveries = store.recoveries().await?;
+    if !recoveries.is_empty() {
+        tracing::info!(
+            recoveries = recoveries.len(),
+            "carrying on recoveries in progress"
+        );
+    }
+    cluster.restore_recoveries(recoveries);
     let feed_seq = store.max_feed_seq().await?;
     let state = state::spawn(cluster, store.clone(), feed_seq);
 

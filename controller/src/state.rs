@@ -190,6 +190,8 @@ enum Persist {
 
 /// Starts the state task over `cluster` (already restored from the store).
 pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
+    let failpoint = std::env::var("VIGIL_FAILPOINT").ok();
+    let sync_store = store.clone();
     let (tx, rx) = mpsc::channel(16_384);
     let (ptx, prx) = mpsc::channel(65_536);
     let stats = Arc::new(ControllerStats::default());
@@ -204,6 +206,8 @@ pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
         persist: ptx,
         stats: stats.clone(),
         next_command: 0,
+        store: sync_store,
+        failpoint,
     };
     tokio::spawn(task.run(rx));
     StateHandle { tx, stats }
@@ -218,6 +222,11 @@ struct StateTask {
     persist: mpsc::Sender<Persist>,
     stats: Arc<ControllerStats>,
     next_command: u64,
+    /// For writes that must land before the next effect (write-ahead).
+    store: Store,
+    /// Test hook: `after_stop_orders` or `after_start_orders` aborts the
+    /// process right after sending such orders.
+    failpoint: Option<String>,
 }
 
 impl StateTask {
@@ -335,10 +344,34 @@ impl StateTask {
 
     async fn effects(&mut self, fx: Vec<Effect>) {
         let now = now_ms();
+        let mut abort_after = false;
         for e in fx {
             match e {
                 Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Recovery(r) => {
+                    // Write ahead: the orders that follow are sent only once
+                    // the recovery that implies them is on disk.
+                    if let Err(e) = self.store.save_recovery(&r).await {
+                        tracing::error!(job = %r.job, error = %e, "cannot persist the recovery");
+                    }
+                }
+                Effect::RecoveryDone(job) => {
+                    if let Err(e) = self.store.delete_recovery(&job).await {
+                        tracing::error!(%job, error = %e, "cannot forget the recovery");
+                    }
+                }
                 Effect::Worker { node, command } => {
+                    let fail_here = match (&command, self.failpoint.as_deref()) {
+                        (
+                            vigil_core::cluster::WorkerCommand::Stop { .. },
+                            Some("after_stop_orders"),
+                        ) => true,
+                        (
+                            vigil_core::cluster::WorkerCommand::Start { .. },
+                            Some("after_start_orders"),
+                        ) => true,
+                        _ => false,
+                    };
                     self.next_command += 1;
                     let body = match command {
                         vigil_core::cluster::WorkerCommand::Stop { grace_s } => {
@@ -366,6 +399,7 @@ impl StateTask {
                         }
                         None => tracing::warn!(%node, "no stream to send a worker order on"),
                     }
+                    abort_after |= fail_here;
                 }
                 Effect::Quarantine { node, card, reason } => {
                     self.next_command += 1;
@@ -395,6 +429,12 @@ impl StateTask {
                     self.publish(kind, data, now).await;
                 }
             }
+        }
+        if abort_after {
+            tracing::error!(failpoint = ?self.failpoint, "failpoint reached; aborting");
+            // Let the orders reach the agents' sockets first.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            std::process::abort();
         }
     }
 

@@ -73,6 +73,9 @@ const SCHEMA: &[&str] = &[
         state TEXT NOT NULL,
         detected_at_ms BIGINT NOT NULL,
         body_json TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS recoveries (
+        job TEXT PRIMARY KEY,
+        body_json TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS feed (
         seq BIGINT PRIMARY KEY,
         at_ms BIGINT NOT NULL,
@@ -316,6 +319,43 @@ impl Store {
                 let body: String = r.try_get(0)?;
                 serde_json::from_str(&body)
                     .map_err(|e| StoreError::Corrupt(format!("incident: {e}")))
+            })
+            .collect()
+    }
+
+    /// Stores a job's recovery (replacing the previous record).
+    pub async fn save_recovery(&self, r: &vigil_core::cluster::Recovery) -> Result<(), StoreError> {
+        let body = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO recoveries (job, body_json) VALUES ($1, $2)
+             ON CONFLICT (job) DO UPDATE SET body_json = excluded.body_json",
+        )
+        .bind(r.job.as_str())
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a job's finished recovery.
+    pub async fn delete_recovery(&self, job: &vigil_core::JobId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM recoveries WHERE job = $1")
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Recoveries in progress when the controller stopped.
+    pub async fn recoveries(&self) -> Result<Vec<vigil_core::cluster::Recovery>, StoreError> {
+        let rows = sqlx::query("SELECT body_json FROM recoveries ORDER BY job")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get(0)?;
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt(format!("recovery: {e}")))
             })
             .collect()
     }

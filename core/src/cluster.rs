@@ -332,6 +332,10 @@ pub enum Effect {
         node: NodeId,
         command: WorkerCommand,
     },
+    /// Store this recovery durably before carrying out the effects after it.
+    Recovery(Box<Recovery>),
+    /// The job's recovery is over; forget the stored one.
+    RecoveryDone(JobId),
     /// Tell a node's agent it (or one card) is quarantined.
     Quarantine {
         node: NodeId,
@@ -479,6 +483,24 @@ impl Cluster {
     }
 
     fn register(&mut self, reg: Registration, now: Millis, fx: &mut Vec<Effect>) {
+        let node = reg.node.clone();
+        self.register_node(reg, now, fx);
+        self.reorder_restoring(&node, fx);
+    }
+
+    fn register_node(&mut self, mut reg: Registration, now: Millis, fx: &mut Vec<Effect>) {
+        // A node a recovery moved keeps its new role when its agent
+        // reconnects (or after a controller restart).
+        for r in self.recoveries.values() {
+            for (old, spare) in &r.replacements {
+                if *spare == reg.node {
+                    reg.job = Some(r.job.clone());
+                    reg.spare = false;
+                } else if *old == reg.node {
+                    reg.job = None;
+                }
+            }
+        }
         let id = reg.node.clone();
         let data = json!({
             "node": id, "boot_id": reg.boot_id, "cards": reg.cards.len(),

@@ -65,6 +65,8 @@ struct Sim<'a> {
     epoch: u64,
     /// Nodes whose workers were started since the last stop.
     started: std::collections::BTreeSet<String>,
+    /// The restart each node's workers run (a repeated order is ignored).
+    running_restart: BTreeMap<String, u32>,
     /// The checkpoint step that cannot be read back.
     corrupt_step: Option<u64>,
     restarts: u32,
@@ -114,6 +116,7 @@ pub async fn run(
         queue: BinaryHeap::new(),
         epoch: 0,
         started: std::collections::BTreeSet::new(),
+        running_restart: BTreeMap::new(),
         corrupt_step: None,
         restarts: 0,
         order: 0,
@@ -194,6 +197,7 @@ impl Sim<'_> {
                     return;
                 }
                 // Every rank on the node ends; the job cannot step on.
+                self.running_restart.remove(&node);
                 self.epoch += 1;
                 self.started.remove(&node);
                 for r in self.ranks.iter().filter(|r| r.node == node) {
@@ -208,8 +212,12 @@ impl Sim<'_> {
             WorkerOrder::Start {
                 resume_from,
                 replaces,
-                ..
+                restart_count,
             } => {
+                if self.running_restart.get(&node) == Some(&restart_count) {
+                    return;
+                }
+                self.running_restart.insert(node.clone(), restart_count);
                 if !replaces.is_empty() {
                     for r in self.ranks.iter_mut().filter(|r| r.node == replaces) {
                         r.node = node.clone();

@@ -51,10 +51,21 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], log: &std::path::Path) -> Proc {
+        Self::spawn_env(name, args, &[], log)
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &std::path::Path,
+    ) -> Proc {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(bin(name))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
@@ -102,6 +113,8 @@ pub struct Controller {
     pub store: String,
     pub dir: PathBuf,
     pub extra: Vec<String>,
+    /// Extra environment of the controller process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Controller {
@@ -115,7 +128,19 @@ impl Controller {
         let store = format!("sqlite://{}", dir.join("vigil.db").display());
         let mut extra = vec!["--heartbeat-ms".to_owned(), heartbeat_ms.to_string()];
         extra.extend(flags.iter().map(|f| (*f).to_owned()));
-        let proc = Self::spawn(dir, grpc, http, &store, &extra);
+        Self::start_env(dir, grpc, http, store, extra, Vec::new())
+    }
+
+    /// A controller with extra flags and environment variables.
+    pub fn start_env(
+        dir: &std::path::Path,
+        grpc: u16,
+        http: u16,
+        store: String,
+        extra: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Controller {
+        let proc = Self::spawn(dir, grpc, http, &store, &extra, &env);
         let c = Controller {
             proc,
             grpc,
@@ -123,20 +148,29 @@ impl Controller {
             store,
             dir: dir.to_owned(),
             extra,
+            env,
         };
         c.wait_ready();
         c
     }
 
-    fn spawn(dir: &std::path::Path, grpc: u16, http: u16, store: &str, extra: &[String]) -> Proc {
+    fn spawn(
+        dir: &std::path::Path,
+        grpc: u16,
+        http: u16,
+        store: &str,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Proc {
         let g = format!("127.0.0.1:{grpc}");
         let h = format!("127.0.0.1:{http}");
         let mut args = vec!["--grpc-listen", &g, "--http-listen", &h, "--store", store];
         args.extend(extra.iter().map(String::as_str));
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        Proc::spawn(
+        Proc::spawn_env(
             "vigil-controller",
             &args,
+            env,
             &dir.join(format!("controller-{n}.log")),
         )
     }
@@ -144,7 +178,14 @@ impl Controller {
     /// Starts the controller again on the same ports and store.
     pub fn restart(&mut self) {
         self.proc.kill();
-        self.proc = Self::spawn(&self.dir, self.grpc, self.http, &self.store, &self.extra);
+        self.proc = Self::spawn(
+            &self.dir,
+            self.grpc,
+            self.http,
+            &self.store,
+            &self.extra,
+            &self.env,
+        );
         self.wait_ready();
     }
 

@@ -58,18 +58,8 @@ fn incident_ids(c: &Controller) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn killed_and_frozen_workers_restart_from_the_latest_checkpoint() {
-    if !python() {
-        eprintln!("SKIPPED: python3 is not installed");
-        return;
-    }
-    let dir = scratch("supervised");
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).expect("out dir");
-    let config = dir.join("controller.toml");
-    std::fs::write(&config, "[workload]\nhang_floor_ms = 2000\n").expect("config");
-    let mut c = Controller::start_with(&dir, 200, &["--config", config.to_str().expect("utf8")]);
+/// Two agent processes, each supervising one rank of the job `sup`.
+fn start_agents(c: &Controller, dir: &std::path::Path, out: &std::path::Path) -> Vec<Proc> {
     let worker = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workers/train.py");
     let mut agents = Vec::new();
     for rank in 0..2u32 {
@@ -94,7 +84,7 @@ fn killed_and_frozen_workers_restart_from_the_latest_checkpoint() {
             .arg(&worker)
             .env("RANK", rank.to_string())
             .env("WORLD", "2")
-            .env("OUT_DIR", &out)
+            .env("OUT_DIR", out)
             .env("STEPS", STEPS.to_string())
             .env("STEP_S", "0.1")
             .env("VIGIL_LOG", "info")
@@ -108,6 +98,124 @@ fn killed_and_frozen_workers_restart_from_the_latest_checkpoint() {
             name: format!("agent-{rank}"),
         });
     }
+    agents
+}
+
+fn step(c: &Controller) -> u64 {
+    c.get("/api/v1/jobs")
+        .and_then(|j| j[0]["step"].as_u64())
+        .unwrap_or(0)
+}
+
+fn results_ok(out: &std::path::Path) -> Vec<serde_json::Value> {
+    let expected: u64 = (1..=STEPS).map(|s| s * s).sum();
+    wait_until(Duration::from_secs(90), "both ranks to finish", || {
+        (0..2).all(|r| out.join(format!("result-rank{r}.json")).exists())
+    });
+    (0..2)
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(format!("result-rank{r}.json"))).expect("result"),
+            )
+            .expect("json");
+            assert_eq!(v["acc"], expected, "rank {r}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_controller_killed_right_after_the_restart_order_restores_exactly_once() {
+    if !python() {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let dir = scratch("failpoint");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let config = dir.join("controller.toml");
+    std::fs::write(&config, "[workload]\nhang_floor_ms = 2000\n").expect("config");
+    let (grpc, http) = (free_port(), free_port());
+    let store = format!("sqlite://{}", dir.join("vigil.db").display());
+    let extra = vec![
+        "--heartbeat-ms".to_owned(),
+        "200".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    let mut c = Controller::start_env(
+        &dir,
+        grpc,
+        http,
+        store,
+        extra,
+        vec![(
+            "VIGIL_FAILPOINT".to_owned(),
+            "after_start_orders".to_owned(),
+        )],
+    );
+    let _agents = start_agents(&c, &dir, &out);
+    wait_until(Duration::from_secs(60), "the job to pass step 15", || {
+        step(&c) >= 15
+    });
+    signal(pid(&out, 1), libc::SIGKILL);
+    // The controller orders the restart, then dies at the failpoint.
+    wait_until(
+        Duration::from_secs(60),
+        "the controller to hit the failpoint",
+        || c.proc.child.try_wait().is_ok_and(|s| s.is_some()),
+    );
+    c.env.clear();
+    c.restart();
+    wait_until(
+        Duration::from_secs(60),
+        "the recovery to finish after the restart",
+        || incident_resolved(&c, "worker_exit", &[]),
+    );
+    let results = results_ok(&out);
+    for r in &results {
+        assert_eq!(r["restart"], "1", "exactly one restore: {r}");
+    }
+    for rank in 0..2 {
+        let log = std::fs::read_to_string(dir.join(format!("agent-{rank}.log"))).expect("log");
+        assert_eq!(
+            log.matches("worker started").count(),
+            2,
+            "agent {rank}: first start and one restore"
+        );
+    }
+    let incidents = c.get("/api/v1/incidents").expect("incidents");
+    let i = incidents
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["kind"] == "worker_exit"))
+        .expect("the incident survived the crash");
+    let names: Vec<&str> = i["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["detect", "localize", "isolate", "restore", "resume"],
+        "{i}"
+    );
+    c.proc.kill();
+}
+
+#[test]
+fn killed_and_frozen_workers_restart_from_the_latest_checkpoint() {
+    if !python() {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let dir = scratch("supervised");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).expect("out dir");
+    let config = dir.join("controller.toml");
+    std::fs::write(&config, "[workload]\nhang_floor_ms = 2000\n").expect("config");
+    let mut c = Controller::start_with(&dir, 200, &["--config", config.to_str().expect("utf8")]);
+    let _agents = start_agents(&c, &dir, &out);
     let step = |c: &Controller| {
         c.get("/api/v1/jobs")
             .and_then(|j| j[0]["step"].as_u64())
@@ -135,21 +243,9 @@ fn killed_and_frozen_workers_restart_from_the_latest_checkpoint() {
         incident_resolved(&c, "hang", &seen)
     });
 
-    // Both ranks finish with the uninterrupted result.
-    let expected: u64 = (1..=STEPS).map(|s| s * s).sum();
-    wait_until(Duration::from_secs(90), "both ranks to finish", || {
-        (0..2).all(|r| out.join(format!("result-rank{r}.json")).exists())
-    });
-    for r in 0..2 {
-        let v: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join(format!("result-rank{r}.json"))).expect("result"),
-        )
-        .expect("json");
-        assert_eq!(v["acc"], expected, "rank {r}");
-        assert_eq!(
-            v["restart"], "2",
-            "rank {r} ran after two coordinated restarts"
-        );
+    // Both ranks finish with the uninterrupted result, after two restarts.
+    for v in results_ok(&out) {
+        assert_eq!(v["restart"], "2", "two coordinated restarts: {v}");
     }
     let incidents = c.get("/api/v1/incidents").expect("incidents");
     for i in incidents.as_array().into_iter().flatten() {

@@ -21,7 +21,7 @@ use super::*;
 use crate::incident::CheckpointRef;
 
 /// Where a recovery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecoveryPhase {
     Isolate,
@@ -43,8 +43,10 @@ pub enum WorkerCommand {
     },
 }
 
-/// One job's recovery.
-#[derive(Debug, Clone, Serialize)]
+/// One job's recovery. It is persisted (as an effect) before any order it
+/// implies is sent, so a restarted controller carries it on without a
+/// second restore.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Recovery {
     pub job: JobId,
     /// The incident that started it, then any that joined.
@@ -170,6 +172,8 @@ impl Cluster {
         };
         match r.phase {
             RecoveryPhase::Isolate => {
+                self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
+                self.persist(job, fx);
                 for node in self.placement(job) {
                     if self
                         .nodes
@@ -191,7 +195,6 @@ impl Cluster {
                     inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
                 });
                 fx.extend(ev);
-                self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
                 self.advance(job, now, fx);
             }
             RecoveryPhase::WaitingForCapacity => {
@@ -272,6 +275,64 @@ impl Cluster {
         }
     }
 
+    /// A node of a job in restore (re)connected: repeat its start order.
+    /// Its supervisor ignores an order for the restart it already runs, so
+    /// this is never a second restore; it covers orders lost when the
+    /// controller died while sending them.
+    pub(super) fn reorder_restoring(&mut self, node: &NodeId, fx: &mut Vec<Effect>) {
+        let Some(job) = self.nodes.get(node).and_then(|n| n.job.clone()) else {
+            return;
+        };
+        let Some(r) = self.recoveries.get(&job) else {
+            return;
+        };
+        if r.phase != RecoveryPhase::Restore {
+            return;
+        }
+        let replaces = r
+            .replacements
+            .iter()
+            .find(|(_, spare)| *spare == node)
+            .map(|(old, _)| old.to_string())
+            .unwrap_or_default();
+        fx.push(Effect::Worker {
+            node: node.clone(),
+            command: WorkerCommand::Start {
+                resume_from: r
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.path.clone())
+                    .unwrap_or_default(),
+                restart_count: r.restart_count,
+                replaces,
+            },
+        });
+    }
+
+    /// Asks the shell to store the recovery durably before the effects after
+    /// this one are carried out.
+    fn persist(&self, job: &JobId, fx: &mut Vec<Effect>) {
+        if let Some(r) = self.recoveries.get(job) {
+            fx.push(Effect::Recovery(Box::new(r.clone())));
+        }
+    }
+
+    /// Recoveries stored by a previous controller, carried on where they
+    /// were. One whose workers were already ordered to start waits for the
+    /// job to resume and is never restored a second time.
+    pub fn restore_recoveries(&mut self, recoveries: Vec<Recovery>) {
+        for r in recoveries {
+            let live = r.incidents.iter().any(|id| {
+                self.incidents
+                    .get(id)
+                    .is_some_and(|i| i.state == IncidentState::Open)
+            });
+            if live {
+                self.recoveries.insert(r.job.clone(), r);
+            }
+        }
+    }
+
     fn set_phase(&mut self, job: &JobId, phase: RecoveryPhase, now: Millis) {
         if let Some(r) = self.recoveries.get_mut(job) {
             r.phase = phase;
@@ -301,6 +362,13 @@ impl Cluster {
             .iter()
             .map(|(a, b)| (b.clone(), a.clone()))
             .collect();
+        if let Some(rec) = self.recoveries.get_mut(job) {
+            rec.checkpoint = ckpt.clone();
+            rec.restart_count = restart_count;
+            rec.restarted.clear();
+        }
+        // Write ahead: the restore is on record before any order goes out.
+        self.persist(job, fx);
         for node in self.placement(job) {
             fx.push(Effect::Worker {
                 command: WorkerCommand::Start {
@@ -442,6 +510,7 @@ impl Cluster {
             self.open.retain(|_, v| v != id);
         }
         self.recoveries.remove(job);
+        fx.push(Effect::RecoveryDone(job.clone()));
         fx.push(Effect::Feed {
             kind: "recovery_done",
             data: json!({ "job": job, "resumed_at_step": step, "lost_steps": lost }),

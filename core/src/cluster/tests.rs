@@ -99,7 +99,7 @@ fn incidents(fx: &[Effect]) -> Vec<&Incident> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Incident(i) => Some(&**i),
-            Effect::Feed { .. } | Effect::Quarantine { .. } | Effect::Worker { .. } => None,
+            _ => None,
         })
         .collect()
 }
