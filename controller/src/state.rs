@@ -361,17 +361,12 @@ impl StateTask {
                     }
                 }
                 Effect::Worker { node, command } => {
-                    let fail_here = match (&command, self.failpoint.as_deref()) {
-                        (
-                            vigil_core::cluster::WorkerCommand::Stop { .. },
-                            Some("after_stop_orders"),
-                        ) => true,
-                        (
-                            vigil_core::cluster::WorkerCommand::Start { .. },
-                            Some("after_start_orders"),
-                        ) => true,
-                        _ => false,
-                    };
+                    use vigil_core::cluster::WorkerCommand as W;
+                    let fail_here = matches!(
+                        (&command, self.failpoint.as_deref()),
+                        (W::Stop { .. }, Some("after_stop_orders"))
+                            | (W::Start { .. }, Some("after_start_orders"))
+                    );
                     self.next_command += 1;
                     let body = match command {
                         vigil_core::cluster::WorkerCommand::Stop { grace_s } => {
