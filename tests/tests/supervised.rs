@@ -126,11 +126,22 @@ fn results_ok(out: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_controller_killed_right_after_the_restart_order_restores_exactly_once() {
+    crash_during_recovery("after_start_orders");
+}
+
+#[test]
+fn a_controller_killed_right_after_the_stop_order_restores_exactly_once() {
+    crash_during_recovery("after_stop_orders");
+}
+
+/// Kills the controller (abort at a failpoint) in the middle of a recovery,
+/// restarts it, and checks the job was restored exactly once.
+fn crash_during_recovery(failpoint: &str) {
     if !python() {
         eprintln!("SKIPPED: python3 is not installed");
         return;
     }
-    let dir = scratch("failpoint");
+    let dir = scratch(failpoint);
     let out = dir.join("out");
     std::fs::create_dir_all(&out).expect("out dir");
     let config = dir.join("controller.toml");
