@@ -389,7 +389,7 @@ async fn execute(
             .await
         }
         Some(Body::Quarantine(q)) => {
-            tracing::warn!(card = ?q.card, reason = %q.reason, "quarantined by the controller");
+            tracing::info!(card = ?q.card, reason = %q.reason, "quarantined by the controller");
             (true, "noted".to_owned())
         }
         None => (false, "empty command".to_owned()),

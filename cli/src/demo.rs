@@ -385,6 +385,10 @@ async fn print_feed(
     speed: f64,
     mut out: Box<dyn Write + Send>,
 ) {
+    // An incident update is shown when its state, action or phases change,
+    // not for every piece of evidence folded in.
+    let mut last_shown: std::collections::HashMap<String, String> =
+        std::collections::HashMap::new();
     let show = |kind: &str| {
         !matches!(
             kind,
@@ -406,11 +410,30 @@ async fn print_feed(
         }
         let t = (ev.at.0 - started_ms) as f64 / 1000.0 * speed;
         let d = &ev.data;
+        if ev.kind.starts_with("incident_") {
+            let d = &ev.data;
+            let fingerprint = format!(
+                "{}|{}|{}",
+                d["state"],
+                d["action"],
+                d["phases"].as_array().map_or(0, Vec::len)
+            );
+            let id = d["id"].as_str().unwrap_or("").to_owned();
+            if ev.kind == "incident_updated" && last_shown.get(&id) == Some(&fingerprint) {
+                continue;
+            }
+            last_shown.insert(id, fingerprint);
+        }
         let what = match ev.kind.as_str() {
             "incident_opened" | "incident_updated" | "incident_resolved" => {
                 let c = &d["cause"];
+                let phase = d["phases"]
+                    .as_array()
+                    .and_then(|p| p.last())
+                    .and_then(|p| p["name"].as_str())
+                    .unwrap_or("-");
                 format!(
-                    "{} {} {}{} signal {} rank {} action {}",
+                    "{} {} {}{} signal {} rank {} action {} phase {phase}",
                     d["id"].as_str().unwrap_or("?"),
                     d["kind"].as_str().unwrap_or("?"),
                     c["node"].as_str().unwrap_or("?"),
