@@ -3,11 +3,13 @@
 
 use crate::backoff::BackoffConfig;
 use crate::cards::CardSpec;
+use crate::checkpoints::WatchConfig;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use vigil_core::checkpoint::Layout;
 use vigil_core::{JobId, NodeId};
 
 /// `vigil-agent`: probes this node's cards and host, receives training
@@ -34,6 +36,12 @@ pub struct Args {
     #[arg(long, env = "VIGIL_SPARE")]
     pub spare: bool,
     /// TOML config file (flags and environment override it).
+    /// Watch this directory for complete checkpoints of --job.
+    #[arg(long, env = "VIGIL_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// megatron, deepspeed, dcp or hf_trainer (default: any whose markers are present).
+    #[arg(long, env = "VIGIL_CHECKPOINT_LAYOUT")]
+    pub checkpoint_layout: Option<String>,
     #[arg(long, env = "VIGIL_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
     /// Heartbeat period in milliseconds until the controller sets one.
@@ -60,6 +68,8 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u32>,
     pub spool_capacity: Option<usize>,
     pub worker: Option<Vec<String>>,
+    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_layout: Option<String>,
 }
 
 /// The validated configuration.
@@ -79,6 +89,8 @@ pub struct AgentConfig {
     pub worker: Vec<String>,
     /// Obeys worker orders (a worker command, or the simulator's ranks).
     pub supervises: bool,
+    /// The checkpoint directory watcher, if configured.
+    pub checkpoints: Option<WatchConfig>,
 }
 
 impl AgentConfig {
@@ -98,6 +110,7 @@ impl AgentConfig {
             host_metrics: true,
             worker: Vec::new(),
             supervises: false,
+            checkpoints: None,
         }
     }
 
@@ -152,6 +165,25 @@ impl AgentConfig {
             args.worker
         };
         cfg.supervises = !cfg.worker.is_empty();
+        let layout = match args.checkpoint_layout.or(file.checkpoint_layout) {
+            Some(l) if l != "auto" => Some(
+                l.parse::<Layout>()
+                    .map_err(|e| format!("--checkpoint-layout: {e}"))?,
+            ),
+            _ => None,
+        };
+        if let Some(dir) = args.checkpoint_dir.or(file.checkpoint_dir) {
+            let job = cfg
+                .job
+                .clone()
+                .ok_or("--checkpoint-dir needs --job (whose checkpoints the directory holds)")?;
+            cfg.checkpoints = Some(WatchConfig {
+                dir,
+                layout,
+                job,
+                poll: Duration::from_secs(2),
+            });
+        }
         if cfg.spare && cfg.worker.is_empty() {
             return Err("--spare needs a worker command after --".to_owned());
         }

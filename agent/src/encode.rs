@@ -107,6 +107,9 @@ pub fn event(e: &AgentEvent) -> pb::Event {
             path: c.path.clone(),
             bytes: c.bytes.unwrap_or(0),
             sha256: c.sha256.clone().unwrap_or_default(),
+            complete_all: c.complete_all,
+            invalid: c.invalid.clone().unwrap_or_default(),
+            source: c.source.clone().unwrap_or_default(),
         }),
         EventBody::Progress(p) => match p {
             ProgressRecord::Checkpoint {
@@ -123,6 +126,9 @@ pub fn event(e: &AgentEvent) -> pb::Event {
                 path: path.clone(),
                 bytes: bytes.unwrap_or(0),
                 sha256: sha256.clone().unwrap_or_default(),
+                complete_all: false,
+                invalid: String::new(),
+                source: "rank".to_owned(),
             }),
             other => Body::Progress(progress(other)),
         },

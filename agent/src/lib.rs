@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod cards;
+pub mod checkpoints;
 pub mod config;
 pub mod encode;
 pub mod host;

@@ -83,6 +83,9 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             events_tx.clone(),
         ));
     }
+    if let Some(w) = cfg.checkpoints.clone() {
+        tokio::spawn(vigil_agent::checkpoints::watch(w, events_tx.clone()));
+    }
     let run = vigil_agent::run(cfg, probe, io);
     tokio::select! {
         r = run => r,

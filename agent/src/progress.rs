@@ -64,6 +64,9 @@ pub fn to_event(rec: ProgressRecord) -> EventBody {
             path,
             bytes,
             sha256,
+            complete_all: false,
+            invalid: None,
+            source: Some("rank".to_owned()),
         }),
         other => EventBody::Progress(other),
     }
@@ -76,8 +79,23 @@ async fn progress(State(ctx): State<Ctx>, body: String) -> (StatusCode, String) 
     };
     let n = recs.len();
     for rec in recs {
-        if ctx.events.try_send(to_event(rec)).is_err() {
-            ctx.dropped.fetch_add(1, Ordering::Relaxed);
+        match to_event(rec) {
+            // A reported checksum is verified off the request path; the
+            // report follows once the file has been read.
+            EventBody::Checkpoint(c) if c.sha256.is_some() => {
+                let (events, dropped) = (ctx.events.clone(), ctx.dropped.clone());
+                tokio::spawn(async move {
+                    let c = crate::checkpoints::check_report(c).await;
+                    if events.send(EventBody::Checkpoint(c)).await.is_err() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            ev => {
+                if ctx.events.try_send(ev).is_err() {
+                    ctx.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
     (StatusCode::ACCEPTED, format!("accepted {n}\n"))

@@ -35,6 +35,15 @@ fn text(field: &str, s: String) -> Result<String, Invalid> {
     Ok(s)
 }
 
+/// Optional text: empty means absent.
+fn opt_text(field: &str, s: String) -> Result<Option<String>, Invalid> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        text(field, s).map(Some)
+    }
+}
+
 fn finite(field: &str, v: f32) -> Result<f32, Invalid> {
     if v.is_finite() {
         Ok(v)
@@ -208,7 +217,10 @@ fn event(e: pb::Event, ncards: usize) -> Result<AgentEvent, Invalid> {
                 step: c.step,
                 path: text("path", c.path)?,
                 bytes: (c.bytes > 0).then_some(c.bytes),
-                sha256: (!c.sha256.is_empty()).then_some(c.sha256),
+                sha256: opt_text("sha256", c.sha256)?,
+                complete_all: c.complete_all,
+                invalid: opt_text("invalid", c.invalid)?,
+                source: opt_text("source", c.source)?,
             })
         }
         Some(Body::Progress(p)) => {

@@ -9,7 +9,7 @@ use crate::ids::{IncidentId, JobId, NodeId};
 use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
 use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
 use crate::model::{
-    AgentEvent, CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal,
+    AgentEvent, CardInfo, CardSample, CheckpointReport, EventBody, Heartbeat, HostMetrics, Signal,
     THROTTLE_HW_POWER_BRAKE, THROTTLE_HW_THERMAL, THROTTLE_SW_THERMAL,
 };
 
@@ -193,8 +193,34 @@ pub struct CheckpointState {
     pub step: u64,
     pub path: String,
     pub ranks: BTreeSet<u32>,
+    /// Every rank reported it, or its layout marks it complete.
     pub complete: bool,
+    /// Why an agent found it unusable (checksum mismatch, missing file).
+    pub invalid: Option<String>,
+    /// Who vouched for completeness: `ranks` or `watcher:<layout>`.
+    pub source: String,
 }
+
+impl CheckpointState {
+    fn new(step: u64, path: String) -> Self {
+        CheckpointState {
+            step,
+            path,
+            ranks: BTreeSet::new(),
+            complete: false,
+            invalid: None,
+            source: "ranks".to_owned(),
+        }
+    }
+
+    /// Complete and not found invalid: a restore may use it.
+    pub fn usable(&self) -> bool {
+        self.complete && self.invalid.is_none()
+    }
+}
+
+/// Checkpoints found for jobs not seen yet, at most this many per job.
+const PENDING_CATALOG: usize = 16;
 
 /// One training job as seen through its ranks' progress records.
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +290,7 @@ impl JobState {
 
     /// The newest checkpoint every rank has reported.
     pub fn latest_complete_checkpoint(&self) -> Option<&CheckpointState> {
-        self.checkpoints.values().rev().find(|c| c.complete)
+        self.checkpoints.values().rev().find(|c| c.usable())
     }
 
     fn rank_on(&self, node: &NodeId, card: u32) -> Option<u32> {
@@ -381,6 +407,9 @@ pub struct Cluster {
     recoveries: BTreeMap<JobId, Recovery>,
     /// Incidents opened since the last input, for recovery to pick up.
     pending_recovery: Vec<IncidentId>,
+    /// Checkpoints a directory watcher found for jobs no rank has reported
+    /// yet; they join the job's catalog when it appears.
+    pending_catalog: BTreeMap<JobId, BTreeMap<u64, CheckpointState>>,
 }
 
 /// Feed events emitted when a job advances this many steps.
@@ -965,20 +994,7 @@ impl Cluster {
                 };
                 self.progress(id, rec, at, now, fx)
             }
-            EventBody::Checkpoint(c) => self.progress(
-                id,
-                ProgressRecord::Checkpoint {
-                    job: c.job,
-                    rank: c.rank,
-                    step: c.step,
-                    path: c.path,
-                    bytes: c.bytes,
-                    sha256: c.sha256,
-                },
-                now,
-                now,
-                fx,
-            ),
+            EventBody::Checkpoint(c) => self.checkpoint_report(id, c, now, fx),
         }
         Ok(())
     }
@@ -1081,6 +1097,66 @@ impl Cluster {
             .and_then(|n| n.cards.get_mut(card as usize))
     }
 
+    /// A checkpoint report: a rank's own (progress protocol), or one from an
+    /// agent's directory watcher that the layout marks complete for every
+    /// rank. Either may say the agent found the checkpoint unusable.
+    fn checkpoint_report(
+        &mut self,
+        node: NodeId,
+        c: CheckpointReport,
+        now: Millis,
+        fx: &mut Vec<Effect>,
+    ) {
+        if !c.complete_all {
+            self.progress(
+                node.clone(),
+                ProgressRecord::Checkpoint {
+                    job: c.job.clone(),
+                    rank: c.rank,
+                    step: c.step,
+                    path: c.path.clone(),
+                    bytes: c.bytes,
+                    sha256: c.sha256.clone(),
+                },
+                now,
+                now,
+                fx,
+            );
+        }
+        let catalog = match self.jobs.get_mut(&c.job) {
+            Some(j) => &mut j.checkpoints,
+            None => {
+                let p = self.pending_catalog.entry(c.job.clone()).or_default();
+                while p.len() >= PENDING_CATALOG {
+                    p.pop_first();
+                }
+                p
+            }
+        };
+        let cs = catalog
+            .entry(c.step)
+            .or_insert_with(|| CheckpointState::new(c.step, c.path.clone()));
+        if let Some(why) = &c.invalid
+            && cs.invalid.is_none()
+        {
+            cs.invalid = Some(why.clone());
+            fx.push(Effect::Feed {
+                kind: "checkpoint_invalid",
+                data: json!({ "job": c.job, "step": c.step, "path": c.path, "node": node, "reason": why }),
+            });
+        }
+        if c.complete_all && !cs.complete {
+            cs.complete = true;
+            cs.source = c.source.clone().unwrap_or_else(|| "watcher".to_owned());
+            if cs.invalid.is_none() {
+                fx.push(Effect::Feed {
+                    kind: "checkpoint_complete",
+                    data: json!({ "job": c.job, "step": c.step, "path": cs.path, "source": cs.source }),
+                });
+            }
+        }
+    }
+
     fn progress(
         &mut self,
         node: NodeId,
@@ -1104,12 +1180,15 @@ impl Cluster {
                     .and_then(|n| n.cards.get(c as usize))
                     .map(|c| c.info.model.clone())
             });
+            let pending = &mut self.pending_catalog;
             let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
                 fx.push(Effect::Feed {
                     kind: "job_started",
                     data: json!({ "job": job_id, "world_size": world_size }),
                 });
-                JobState::new(job_id.clone(), *world_size, now)
+                let mut j = JobState::new(job_id.clone(), *world_size, now);
+                j.checkpoints = pending.remove(&job_id).unwrap_or_default();
+                j
             });
             job.world_size = *world_size;
             job.state = JobRunState::Running;
@@ -1139,10 +1218,11 @@ impl Cluster {
         // count: the job is created and sized by the highest rank seen, and
         // the rank is placed on the sending node with an unknown card.
         let wcfg = self.cfg.workload;
-        let job = self
-            .jobs
-            .entry(job_id.clone())
-            .or_insert_with(|| JobState::new(job_id.clone(), rank + 1, now));
+        let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
+            let mut j = JobState::new(job_id.clone(), rank + 1, now);
+            j.checkpoints = self.pending_catalog.remove(&job_id).unwrap_or_default();
+            j
+        });
         job.world_size = job.world_size.max(rank + 1);
         let r = job.ranks.entry(rank).or_insert_with(|| RankState {
             node: node.clone(),
@@ -1197,19 +1277,16 @@ impl Cluster {
                 let c = job
                     .checkpoints
                     .entry(step)
-                    .or_insert_with(|| CheckpointState {
-                        step,
-                        path: path.clone(),
-                        ranks: BTreeSet::new(),
-                        complete: false,
-                    });
+                    .or_insert_with(|| CheckpointState::new(step, path.clone()));
                 c.ranks.insert(rank);
                 if !c.complete && c.ranks.len() as u32 >= world {
                     c.complete = true;
-                    fx.push(Effect::Feed {
-                        kind: "checkpoint_complete",
-                        data: json!({ "job": job.id, "step": step, "path": c.path }),
-                    });
+                    if c.invalid.is_none() {
+                        fx.push(Effect::Feed {
+                            kind: "checkpoint_complete",
+                            data: json!({ "job": job.id, "step": step, "path": c.path, "source": c.source }),
+                        });
+                    }
                 }
             }
             ProgressRecord::End { status, .. } => {

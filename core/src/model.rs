@@ -153,6 +153,17 @@ pub struct CheckpointReport {
     pub path: String,
     pub bytes: Option<u64>,
     pub sha256: Option<String>,
+    /// The checkpoint's layout marks it complete for every rank (reported
+    /// by the agent's checkpoint directory watcher, not by a rank).
+    #[serde(default)]
+    pub complete_all: bool,
+    /// Why the agent found the checkpoint unusable (a checksum that does not
+    /// match, a file it lists that is missing). Never restored from.
+    #[serde(default)]
+    pub invalid: Option<String>,
+    /// Who reported it: `rank` or `watcher:<layout>`.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// What an agent event says.

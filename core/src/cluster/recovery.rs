@@ -349,7 +349,7 @@ impl Cluster {
             j.checkpoints
                 .values()
                 .rev()
-                .find(|c| c.complete && !r.bad_checkpoints.contains(&c.step))
+                .find(|c| c.usable() && !r.bad_checkpoints.contains(&c.step))
                 .map(|c| CheckpointRef {
                     step: c.step,
                     path: c.path.clone(),

@@ -305,6 +305,9 @@ fn checkpoints_complete_when_every_rank_reports() {
             path: "/ckpt/10".into(),
             bytes: None,
             sha256: None,
+            complete_all: false,
+            invalid: None,
+            source: None,
         })
     };
     ev(&mut c, "n0", ck(0), 2);
@@ -320,6 +323,75 @@ fn checkpoints_complete_when_every_rank_reports() {
     )));
     let j = c.jobs().next().expect("job");
     assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(10));
+}
+
+fn watched(step: u64, invalid: Option<&str>) -> EventBody {
+    EventBody::Checkpoint(CheckpointReport {
+        job: job("pretrain"),
+        rank: 0,
+        step,
+        path: format!("/ckpt/iter_{step:07}"),
+        bytes: None,
+        sha256: None,
+        complete_all: true,
+        invalid: invalid.map(str::to_owned),
+        source: Some("watcher:megatron".into()),
+    })
+}
+
+#[test]
+fn a_watcher_report_completes_a_checkpoint_for_every_rank() {
+    let mut c = cluster();
+    reg(&mut c, "n0", 0);
+    // Found before any rank of the job reported: kept until the job appears.
+    let fx = ev(&mut c, "n0", watched(100, None), 1);
+    assert_eq!(feeds(&fx, "checkpoint_complete").len(), 1);
+    for r in 0..4 {
+        start(&mut c, "n0", r, r, 4, 2);
+    }
+    let j = c.jobs().next().expect("job");
+    let ck = j.latest_complete_checkpoint().expect("complete");
+    assert_eq!((ck.step, ck.source.as_str()), (100, "watcher:megatron"));
+    ev(&mut c, "n0", watched(200, None), 3);
+    let j = c.jobs().next().expect("job");
+    assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(200));
+}
+
+#[test]
+fn an_invalid_checkpoint_is_never_the_latest_complete_one() {
+    let mut c = cluster();
+    reg(&mut c, "n0", 0);
+    for r in 0..2 {
+        start(&mut c, "n0", r, r, 2, 1);
+    }
+    ev(&mut c, "n0", watched(100, None), 2);
+    let fx = ev(
+        &mut c,
+        "n0",
+        watched(200, Some("sha256 mismatch: model.pt")),
+        3,
+    );
+    assert!(feeds(&fx, "checkpoint_complete").is_empty());
+    assert_eq!(feeds(&fx, "checkpoint_invalid").len(), 1);
+    // A rank's own report with a bad checksum taints it too.
+    let rank_report = |rank, invalid: Option<&str>| {
+        EventBody::Checkpoint(CheckpointReport {
+            job: job("pretrain"),
+            rank,
+            step: 300,
+            path: "/ckpt/300.pt".into(),
+            bytes: Some(10),
+            sha256: Some("0".repeat(64)),
+            complete_all: false,
+            invalid: invalid.map(str::to_owned),
+            source: Some("rank".into()),
+        })
+    };
+    ev(&mut c, "n0", rank_report(0, Some("sha256 mismatch")), 4);
+    ev(&mut c, "n0", rank_report(1, None), 5);
+    let j = c.jobs().next().expect("job");
+    assert!(j.checkpoints[&300].complete);
+    assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(100));
 }
 
 #[test]
@@ -954,6 +1026,9 @@ fn supervised(spares: &[&str]) -> Cluster {
                         path: format!("/ckpt/step-{s}"),
                         bytes: None,
                         sha256: None,
+                        complete_all: false,
+                        invalid: None,
+                        source: None,
                     }),
                     10 + s as i64 * 10,
                 );
