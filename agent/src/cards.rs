@@ -322,20 +322,39 @@ impl CardProbe for SimCards {
     }
 }
 
-/// Builds the probe for a spec. Backends not in this build fail clearly.
+/// Builds the probe for a spec. A backend that cannot start fails with a
+/// reason; `auto` falls back to no cards when NVML is not available.
 pub fn from_spec(
     spec: &CardSpec,
     node: &str,
 ) -> Result<(Box<dyn CardProbe>, Option<SimHandle>), String> {
+    use crate::probes::{exec::ExecProbe, kmsg::KernelLog, nvml::NvmlProbe, smi::SmiProbe};
     match spec {
-        CardSpec::Auto | CardSpec::None => Ok((Box::new(NoCards), None)),
+        CardSpec::None => Ok((Box::new(NoCards), None)),
+        CardSpec::Auto => match NvmlProbe::new(Some(KernelLog::from_env())) {
+            Ok(p) => Ok((Box::new(p), None)),
+            Err(e) => {
+                tracing::info!(reason = %e, "NVML is not available; running with no cards (--cards auto)");
+                Ok((Box::new(NoCards), None))
+            }
+        },
+        CardSpec::Nvml => {
+            let p = NvmlProbe::new(Some(KernelLog::from_env()))
+                .map_err(|e| format!("--cards nvml: NVML is not available: {e}"))?;
+            Ok((Box::new(p), None))
+        }
+        CardSpec::Smi => {
+            let p = SmiProbe::from_env().map_err(|e| format!("--cards smi: {e}"))?;
+            Ok((Box::new(p), None))
+        }
+        CardSpec::Exec(cmd) => {
+            let p = ExecProbe::new(cmd).map_err(|e| format!("--cards exec: {e}"))?;
+            Ok((Box::new(p), None))
+        }
         CardSpec::Sim(n) => {
             let (cards, handle) = SimCards::new(node, *n, "H100");
             Ok((Box::new(cards), Some(handle)))
         }
-        CardSpec::Nvml | CardSpec::Smi | CardSpec::Exec(_) => Err(format!(
-            "--cards {spec:?}: this backend is not available in this build (use auto, none or sim:N)"
-        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Controller configuration: flags, `VIGIL_*` environment variables and an
 //! optional TOML file, validated before any socket is bound.
 
+use crate::actions::ActionsConfig;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ pub struct Args {
     /// but never before `min_lost_after` intervals).
     #[arg(long, env = "VIGIL_LOST_AFTER")]
     pub lost_after: Option<f64>,
+    /// Record what recovery would do, do nothing.
+    #[arg(long, env = "VIGIL_SHADOW")]
+    pub shadow: bool,
 }
 
 /// The config file's shape.
@@ -56,6 +60,8 @@ pub struct FileConfig {
     pub rules: RulesConfig,
     #[serde(default)]
     pub workload: Option<vigil_core::workload::WorkloadConfig>,
+    #[serde(default)]
+    pub actions: ActionsConfig,
 }
 
 /// Operator overrides of the signal rules.
@@ -73,6 +79,8 @@ pub struct ControllerConfig {
     pub http_listen: SocketAddr,
     pub store: String,
     pub cluster: ClusterConfig,
+    /// Action back-ends and shadow mode.
+    pub actions: ActionsConfig,
 }
 
 impl Default for ControllerConfig {
@@ -82,6 +90,7 @@ impl Default for ControllerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
             store: "sqlite://./vigil-data/vigil.db".to_owned(),
             cluster: ClusterConfig::default(),
+            actions: ActionsConfig::default(),
         }
     }
 }
@@ -138,12 +147,17 @@ impl ControllerConfig {
         if l.heartbeat_ms > 60_000 {
             return Err("--heartbeat-ms must be at most 60000".to_owned());
         }
+        let mut actions = file.actions;
+        actions.shadow |= args.shadow;
+        actions.validate()?;
         cfg.cluster = ClusterConfig {
             liveness: l,
             rules: RuleTable::with_overrides(&file.rules.xid),
             workload: file.workload.unwrap_or_default(),
+            shadow: actions.shadow,
             ..ClusterConfig::default()
         };
+        cfg.actions = actions;
         Ok(cfg)
     }
 }

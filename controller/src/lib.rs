@@ -1,10 +1,13 @@
 //! The Vigil controller, as a library so that `vigil demo`, the benchmark
 //! and the tests run the same code as the `vigil-controller` binary.
 
+pub mod actions;
 pub mod config;
 pub mod convert;
 pub mod grpc;
 pub mod http;
+#[cfg(feature = "kubernetes")]
+mod kube;
 pub mod state;
 pub mod store;
 
@@ -89,7 +92,7 @@ pub async fn start(cfg: ControllerConfig) -> anyhow::Result<Running> {
     }
     cluster.restore_recoveries(recoveries);
     let feed_seq = store.max_feed_seq().await?;
-    let state = state::spawn(cluster, store.clone(), feed_seq);
+    let state = state::spawn(cluster, store.clone(), feed_seq, cfg.actions.clone());
 
     let (shutdown, rx) = watch::channel(false);
     let agent_svc = grpc::AgentSvc {

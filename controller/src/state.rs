@@ -6,6 +6,7 @@
 //! an incident, publish a feed event). Reads are closures run inside the
 //! task, so there are no locks around cluster state.
 
+use crate::actions::{ActionsConfig, Executor};
 use crate::store::{FeedRow, Store};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
-use vigil_core::cluster::{Cluster, Effect, Input, Registration};
+use vigil_core::cluster::{ActionRequest, Cluster, Effect, Input, Registration};
 use vigil_core::incident::Incident;
 use vigil_core::model::{AgentEvent, Heartbeat};
 use vigil_core::{Millis, NodeId};
@@ -189,7 +190,7 @@ enum Persist {
 }
 
 /// Starts the state task over `cluster` (already restored from the store).
-pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
+pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64, actions: ActionsConfig) -> StateHandle {
     let failpoint = std::env::var("VIGIL_FAILPOINT").ok();
     let sync_store = store.clone();
     let (tx, rx) = mpsc::channel(16_384);
@@ -208,6 +209,9 @@ pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64) -> StateHandle {
         next_command: 0,
         store: sync_store,
         failpoint,
+        shadow: actions.shadow,
+        actions: (actions.shadow || actions.any_backend())
+            .then(|| spawn_actions(Executor::new(actions), tx.downgrade())),
     };
     tokio::spawn(task.run(rx));
     StateHandle { tx, stats }
@@ -227,9 +231,42 @@ struct StateTask {
     /// Test hook: `after_stop_orders` or `after_start_orders` aborts the
     /// process right after sending such orders.
     failpoint: Option<String>,
+    /// Shadow mode: orders and back-end steps are published, not carried out.
+    shadow: bool,
+    /// Queue of the action back-ends, if any are configured (or shadow
+    /// mode is on).
+    actions: Option<mpsc::Sender<ActionJob>>,
+}
+
+type ActionJob = (ActionRequest, Option<Incident>);
+
+/// Carries out action requests one at a time, in the order the core made
+/// them (a drain before a requeue), and reports each result on the feed.
+fn spawn_actions(exec: Executor, state: mpsc::WeakSender<Msg>) -> mpsc::Sender<ActionJob> {
+    let (tx, mut rx) = mpsc::channel::<ActionJob>(1024);
+    tokio::spawn(async move {
+        while let Some((req, incident)) = rx.recv().await {
+            for (kind, data) in exec.run(req, incident).await {
+                let Some(tx) = state.upgrade() else { return };
+                let _ = tx.send(Msg::Feed { kind, data }).await;
+            }
+        }
+    });
+    tx
 }
 
 impl StateTask {
+    /// Hands an action request to the back-ends, off the state task.
+    fn act(&self, req: ActionRequest) {
+        let Some(q) = &self.actions else { return };
+        let incident = req
+            .incident
+            .and_then(|id| self.cluster.incident(id).cloned());
+        if q.try_send((req, incident)).is_err() {
+            tracing::error!("action queue full; request dropped");
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let tick_ms = self.cluster.config().liveness.tick_ms();
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms as u64));
@@ -359,6 +396,15 @@ impl StateTask {
                     if let Err(e) = self.store.delete_recovery(&job).await {
                         tracing::error!(%job, error = %e, "cannot forget the recovery");
                     }
+                }
+                Effect::Action(req) => self.act(*req),
+                Effect::Worker { node, command } if self.shadow => {
+                    let data = serde_json::json!({ "action": "worker_order", "node": node, "order": format!("{command:?}") });
+                    self.publish("action_shadow", data, now).await;
+                }
+                Effect::Quarantine { node, card, reason } if self.shadow => {
+                    let data = serde_json::json!({ "action": "quarantine_command", "node": node, "card": card, "reason": reason });
+                    self.publish("action_shadow", data, now).await;
                 }
                 Effect::Worker { node, command } => {
                     use vigil_core::cluster::WorkerCommand as W;

@@ -34,6 +34,9 @@ pub struct ClusterConfig {
     pub workload: WorkloadConfig,
     pub health: HealthConfig,
     pub breaker: BreakerConfig,
+    /// Shadow mode: detect, localize and record what recovery would do,
+    /// without stopping, restarting or asking any back-end to act.
+    pub shadow: bool,
 }
 
 /// Card health hysteresis.
@@ -89,6 +92,7 @@ impl Default for ClusterConfig {
             workload: WorkloadConfig::default(),
             health: HealthConfig::default(),
             breaker: BreakerConfig::default(),
+            shadow: false,
         }
     }
 }
@@ -368,6 +372,34 @@ pub enum Effect {
         card: Option<u32>,
         reason: String,
     },
+    /// Ask the configured action back-ends (exec hook, Slurm, Kubernetes)
+    /// to act.
+    Action(Box<ActionRequest>),
+}
+
+/// What the action back-ends are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionVerb {
+    /// Take a node (or one of its cards) out of service: drain, cordon, taint.
+    Quarantine,
+    /// An operator returned it to service.
+    Release,
+    /// Restart a job that no Vigil agent supervises (requeue, delete pods).
+    Restart,
+}
+
+/// One request for the action back-ends, with everything a hook needs.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ActionRequest {
+    pub verb: ActionVerb,
+    pub incident: Option<IncidentId>,
+    pub job: Option<JobId>,
+    pub node: Option<NodeId>,
+    pub card: Option<u32>,
+    pub reason: String,
+    /// For a restart: the newest complete checkpoint.
+    pub checkpoint: Option<crate::incident::CheckpointRef>,
 }
 
 /// Why an input was refused.

@@ -286,3 +286,28 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// A plain HTTP POST with a short timeout; the status code, 0 if unreachable.
+pub fn blocking_post(url: &str, body: &str) -> u16 {
+    let (url, body) = (url.to_owned(), body.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .body(body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            Some(r.status().as_u16())
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}

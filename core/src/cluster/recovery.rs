@@ -111,7 +111,15 @@ impl Cluster {
                 continue;
             };
             let Some(job) = inc.job.clone() else { continue };
-            if inc.state != IncidentState::Open || !self.supervised(&job) {
+            if inc.state != IncidentState::Open {
+                continue;
+            }
+            if self.cfg.shadow {
+                self.shadow_plan(id, &job, fx);
+                continue;
+            }
+            if !self.supervised(&job) {
+                self.external_restart(id, &job, fx);
                 continue;
             }
             let failed_at = self.jobs.get(&job).map_or(0, |j| j.step);
@@ -148,6 +156,102 @@ impl Cluster {
         for job in jobs {
             self.advance(&job, now, fx);
         }
+    }
+
+    fn newest_usable(&self, job: &JobId, skip: &[u64]) -> Option<CheckpointRef> {
+        self.jobs.get(job).and_then(|j| {
+            j.checkpoints
+                .values()
+                .rev()
+                .find(|c| c.usable() && !skip.contains(&c.step))
+                .map(|c| CheckpointRef {
+                    step: c.step,
+                    path: c.path.clone(),
+                })
+        })
+    }
+
+    /// A job no agent supervises: the action back-ends are asked to restart
+    /// it (Slurm requeue, Kubernetes pod deletion, the exec hook), once per
+    /// incident; the incident records the request.
+    fn external_restart(&mut self, id: IncidentId, job: &JobId, fx: &mut Vec<Effect>) {
+        let checkpoint = self.newest_usable(job, &[]);
+        let Some(inc) = self.incidents.get_mut(&id) else {
+            return;
+        };
+        let reason = format!("{} {}", inc.kind.as_str(), inc.cause.signal);
+        inc.add_evidence(match &checkpoint {
+            Some(c) => format!(
+                "asked the action back-ends to restart {job} (newest complete checkpoint: step {})",
+                c.step
+            ),
+            None => format!("asked the action back-ends to restart {job} (no complete checkpoint)"),
+        });
+        inc.checkpoint = checkpoint.clone();
+        fx.push(Effect::Incident(Box::new(inc.clone())));
+        fx.push(Effect::Action(Box::new(ActionRequest {
+            verb: ActionVerb::Restart,
+            incident: Some(id),
+            job: Some(job.clone()),
+            node: Some(inc.cause.node.clone()),
+            card: inc.cause.card,
+            reason,
+            checkpoint,
+        })));
+    }
+
+    /// Shadow mode: record the recovery that would run, and run none.
+    fn shadow_plan(&mut self, id: IncidentId, job: &JobId, fx: &mut Vec<Effect>) {
+        let checkpoint = self.newest_usable(job, &[]);
+        let placement = self.placement(job);
+        let broken: Vec<NodeId> = placement
+            .iter()
+            .filter(|n| !self.node_usable(n))
+            .cloned()
+            .collect();
+        let spares: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.spare && n.job.is_none() && self.node_usable(&n.id))
+            .map(|n| n.id.clone())
+            .collect();
+        let supervised = self.supervised(job);
+        let mut plan = Vec::new();
+        if supervised {
+            plan.push(format!(
+                "stop the workers of {job} on {} node(s)",
+                placement.len()
+            ));
+            if broken.is_empty() {
+                plan.push("restart in place".to_owned());
+            } else if broken.len() <= spares.len() {
+                for (old, spare) in broken.iter().zip(&spares) {
+                    plan.push(format!("replace {old} with spare {spare}"));
+                }
+            } else {
+                plan.push(format!(
+                    "wait for {} spare node(s) ({} idle)",
+                    broken.len(),
+                    spares.len()
+                ));
+            }
+        } else {
+            plan.push(format!("ask the action back-ends to restart {job}"));
+        }
+        plan.push(match &checkpoint {
+            Some(c) => format!("restore from checkpoint step {} ({})", c.step, c.path),
+            None => "restart from scratch (no complete checkpoint)".to_owned(),
+        });
+        let Some(inc) = self.incidents.get_mut(&id) else {
+            return;
+        };
+        inc.add_evidence(format!("shadow mode, not done: {}", plan.join("; ")));
+        inc.checkpoint = checkpoint.clone();
+        fx.push(Effect::Incident(Box::new(inc.clone())));
+        fx.push(Effect::Feed {
+            kind: "shadow_action",
+            data: json!({ "incident": id, "job": job, "plan": plan, "checkpoint": checkpoint }),
+        });
     }
 
     fn note(&mut self, job: &JobId, f: impl Fn(&mut Incident)) -> Vec<Effect> {
@@ -345,16 +449,7 @@ impl Cluster {
         let Some(r) = self.recoveries.get(job).cloned() else {
             return;
         };
-        let ckpt = self.jobs.get(job).and_then(|j| {
-            j.checkpoints
-                .values()
-                .rev()
-                .find(|c| c.usable() && !r.bad_checkpoints.contains(&c.step))
-                .map(|c| CheckpointRef {
-                    step: c.step,
-                    path: c.path.clone(),
-                })
-        });
+        let ckpt = self.newest_usable(job, &r.bad_checkpoints);
         // Counted per job across recoveries (VIGIL_RESTART_COUNT).
         let restart_count = self.jobs.get(job).map_or(0, |j| j.restarts) + 1;
         let replaced_by: BTreeMap<NodeId, NodeId> = r

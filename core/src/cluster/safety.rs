@@ -101,7 +101,7 @@ impl Cluster {
             return false;
         }
         self.quarantines.push_back((now, cards));
-        self.apply_quarantine(node, card, reason, now, fx);
+        self.apply_quarantine(node, card, reason, Some(incident), now, fx);
         if let Some(inc) = self.incidents.get_mut(&incident) {
             inc.phase("isolate", now, Some(now));
             inc.add_evidence(match card {
@@ -118,9 +118,14 @@ impl Cluster {
         node: &NodeId,
         card: Option<u32>,
         reason: &str,
+        incident: Option<IncidentId>,
         now: Millis,
         fx: &mut Vec<Effect>,
     ) {
+        let job = incident
+            .and_then(|id| self.incidents.get(&id))
+            .and_then(|i| i.job.clone())
+            .or_else(|| self.nodes.get(node).and_then(|n| n.job.clone()));
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
@@ -150,6 +155,15 @@ impl Cluster {
             card,
             reason: reason.to_owned(),
         });
+        fx.push(Effect::Action(Box::new(ActionRequest {
+            verb: ActionVerb::Quarantine,
+            incident,
+            job,
+            node: Some(node.clone()),
+            card,
+            reason: reason.to_owned(),
+            checkpoint: None,
+        })));
     }
 
     pub(super) fn cordon(
@@ -167,7 +181,7 @@ impl Cluster {
             return Err(Rejected::UnknownCard { node, card: c });
         }
         // An operator's decision is not rate-limited by the breaker.
-        self.apply_quarantine(&node, card, &format!("operator: {reason}"), now, fx);
+        self.apply_quarantine(&node, card, &format!("operator: {reason}"), None, now, fx);
         Ok(())
     }
 
@@ -199,6 +213,15 @@ impl Cluster {
             kind: "uncordoned",
             data: json!({ "node": node, "card": card }),
         });
+        fx.push(Effect::Action(Box::new(ActionRequest {
+            verb: ActionVerb::Release,
+            incident: None,
+            job: None,
+            node: Some(node.clone()),
+            card,
+            reason: "operator: uncordon".to_owned(),
+            checkpoint: None,
+        })));
         // The operator's clearance closes the open incidents it covers.
         let keys: Vec<(NodeId, Option<u32>)> = self
             .open

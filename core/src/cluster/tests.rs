@@ -95,10 +95,25 @@ fn start(c: &mut Cluster, name: &str, rank: u32, card: u32, world: u32, now: Mil
     );
 }
 
+/// The incidents the effects persist, each once in its latest form, in the
+/// order they first appear.
 fn incidents(fx: &[Effect]) -> Vec<&Incident> {
+    let mut out: Vec<&Incident> = Vec::new();
+    for e in fx {
+        if let Effect::Incident(i) = e {
+            match out.iter_mut().find(|o| o.id == i.id) {
+                Some(o) => *o = &**i,
+                None => out.push(&**i),
+            }
+        }
+    }
+    out
+}
+
+fn actions(fx: &[Effect]) -> Vec<&ActionRequest> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Incident(i) => Some(&**i),
+            Effect::Action(a) => Some(&**a),
             _ => None,
         })
         .collect()
@@ -1206,5 +1221,88 @@ fn a_fatal_fault_is_not_hidden_in_a_weaker_incident_at_the_same_place() {
     assert_eq!(
         c.node(&node("n0")).expect("node").cards[2].health.name(),
         "quarantined"
+    );
+}
+
+#[test]
+fn an_unsupervised_job_is_handed_to_the_action_backends_once() {
+    let mut c = cluster();
+    reg(&mut c, "n0", 0);
+    for r in 0..8 {
+        start(&mut c, "n0", r, r, 8, 1);
+    }
+    ev(&mut c, "n0", watched(100, None), 2);
+    let fx = ev(&mut c, "n0", xid(3, 79), 3);
+    let acts = actions(&fx);
+    let verbs: Vec<ActionVerb> = acts.iter().map(|a| a.verb).collect();
+    assert_eq!(verbs, [ActionVerb::Quarantine, ActionVerb::Restart]);
+    let restart = acts[1];
+    assert_eq!(restart.job, Some(job("pretrain")));
+    assert_eq!(restart.checkpoint.as_ref().map(|c| c.step), Some(100));
+    assert_eq!(acts[0].node, Some(node("n0")));
+    assert!(acts[0].incident.is_some() && acts[0].incident == restart.incident);
+    // A repeat of the same fault folds into the incident: no second restart.
+    let fx = ev(&mut c, "n0", xid(3, 79), 4);
+    assert!(actions(&fx).iter().all(|a| a.verb != ActionVerb::Restart));
+    // An operator's uncordon asks the back-ends to release the card.
+    let fx = c
+        .apply(
+            Input::Uncordon {
+                node: node("n0"),
+                card: Some(3),
+            },
+            5,
+        )
+        .expect("uncordon");
+    assert_eq!(
+        actions(&fx).iter().map(|a| a.verb).collect::<Vec<_>>(),
+        [ActionVerb::Release]
+    );
+}
+
+#[test]
+fn shadow_mode_records_the_plan_and_orders_nothing() {
+    let mut c = Cluster::new(ClusterConfig {
+        shadow: true,
+        ..ClusterConfig::default()
+    });
+    for (name, spare) in [("n0", false), ("s0", true)] {
+        c.apply(
+            Input::Register(Registration {
+                node: node(name),
+                boot_id: "b1".into(),
+                cards: cards(8),
+                spare,
+                job: Some(job("pretrain")),
+                supervises: true,
+            }),
+            0,
+        )
+        .expect("register");
+    }
+    for r in 0..8 {
+        start(&mut c, "n0", r, r, 8, 1);
+    }
+    ev(&mut c, "n0", watched(100, None), 2);
+    let fx = ev(&mut c, "n0", xid(3, 79), 3);
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Worker { .. } | Effect::Recovery(_))),
+        "no orders in shadow mode"
+    );
+    assert_eq!(c.recoveries().count(), 0);
+    let plan = feeds(&fx, "shadow_action");
+    assert_eq!(plan.len(), 1);
+    let text = plan[0]["plan"].to_string();
+    assert!(text.contains("stop the workers"), "{text}");
+    assert!(text.contains("step 100"), "{text}");
+    let inc = incidents(&fx);
+    assert!(
+        inc[0]
+            .evidence
+            .iter()
+            .any(|e| e.starts_with("shadow mode, not done")),
+        "{:?}",
+        inc[0].evidence
     );
 }
