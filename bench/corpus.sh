@@ -14,7 +14,7 @@ out=$(mktemp -d)
 for s in scenarios/*.toml; do
   "$vigil" demo --scenario "$s" --speed "$speed" -o json > "$out/$(basename "$s" .toml).json"
 done
-python3 - "$out" <<'PY'
+SPEED="$speed" python3 - "$out" <<'PY'
 import json, os, sys, statistics
 d = sys.argv[1]
 rows, lat = [], {}
@@ -42,5 +42,33 @@ print("|---|---|---|---|")
 for k in sorted(lat):
     v = lat[k]
     print("| %s | %d | %.2f | %.2f |" % (k, len(v), statistics.median(v), max(v)))
+
+# Phase durations of the recoveries (scenario seconds; wall seconds x speed).
+from datetime import datetime
+def ts(x):
+    return datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+speed = float(os.environ.get("SPEED", "1"))
+print()
+print("| scenario | incident | action | isolate (s) | waiting for capacity (s) | restore (s) | detect to resume (s) | checkpoint | lost steps |")
+print("|---|---|---|---|---|---|---|---|---|")
+for f in sorted(os.listdir(d)):
+    r = json.load(open(os.path.join(d, f)))
+    for inc in r["incidents"]:
+        ph = {p["name"]: p for p in inc["phases"]}
+        if "restore" not in ph and "waiting_for_capacity" not in ph:
+            continue
+        def dur(name):
+            p = ph.get(name)
+            if not p or not p.get("end"):
+                return "open" if p else "-"
+            return "%.2f" % ((ts(p["end"]) - ts(p["start"])) * speed)
+        total = "-"
+        if inc.get("resolved_at"):
+            total = "%.2f" % ((ts(inc["resolved_at"]) - ts(inc["detected_at"])) * speed)
+        ck = inc.get("checkpoint") or {}
+        print("| %s | %s %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            f[:-5], inc["id"], inc["kind"], inc.get("action"), dur("isolate"),
+            dur("waiting_for_capacity"), dur("restore"), total, ck.get("step", "-"),
+            inc.get("lost_steps") if inc.get("lost_steps") is not None else "-"))
 PY
 rm -rf "$out"

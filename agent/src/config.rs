@@ -4,6 +4,7 @@
 use crate::backoff::BackoffConfig;
 use crate::cards::CardSpec;
 use crate::checkpoints::WatchConfig;
+use crate::logtail::TailConfig;
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -50,6 +51,18 @@ pub struct Args {
     /// Events kept for replay while the controller is unreachable.
     #[arg(long, env = "VIGIL_SPOOL_CAPACITY")]
     pub spool_capacity: Option<usize>,
+    /// Follow this training log and report the progress it shows (needs --job).
+    #[arg(long, env = "VIGIL_LOG_TAIL")]
+    pub log_tail: Option<PathBuf>,
+    /// Log format of --log-tail: auto, megatron, deepspeed, hf_trainer or torchtitan.
+    #[arg(long, env = "VIGIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// The rank whose log --log-tail follows (default 0).
+    #[arg(long, env = "VIGIL_LOG_RANK")]
+    pub log_rank: Option<u32>,
+    /// The world size reported for --log-tail (default 1).
+    #[arg(long, env = "VIGIL_LOG_WORLD_SIZE")]
+    pub log_world_size: Option<u32>,
     /// Worker command to supervise (after `--`).
     #[arg(last = true)]
     pub worker: Vec<String>,
@@ -70,6 +83,10 @@ pub struct FileConfig {
     pub worker: Option<Vec<String>>,
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_layout: Option<String>,
+    pub log_tail: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_rank: Option<u32>,
+    pub log_world_size: Option<u32>,
 }
 
 /// The validated configuration.
@@ -91,6 +108,8 @@ pub struct AgentConfig {
     pub supervises: bool,
     /// The checkpoint directory watcher, if configured.
     pub checkpoints: Option<WatchConfig>,
+    /// The training log followed, if configured.
+    pub log_tail: Option<TailConfig>,
 }
 
 impl AgentConfig {
@@ -111,6 +130,7 @@ impl AgentConfig {
             worker: Vec::new(),
             supervises: false,
             checkpoints: None,
+            log_tail: None,
         }
     }
 
@@ -184,11 +204,63 @@ impl AgentConfig {
                 poll: Duration::from_secs(2),
             });
         }
+        cfg.log_tail = log_tail(
+            &cfg,
+            args.log_tail.or(file.log_tail),
+            args.log_format.or(file.log_format),
+            args.log_rank.or(file.log_rank),
+            args.log_world_size.or(file.log_world_size),
+        )?;
         if cfg.spare && cfg.worker.is_empty() {
             return Err("--spare needs a worker command after --".to_owned());
         }
         Ok(cfg)
     }
+}
+
+/// The `--log-tail` settings, validated.
+fn log_tail(
+    cfg: &AgentConfig,
+    path: Option<PathBuf>,
+    format: Option<String>,
+    rank: Option<u32>,
+    world_size: Option<u32>,
+) -> Result<Option<TailConfig>, String> {
+    let Some(path) = path else {
+        if format.is_some() || rank.is_some() || world_size.is_some() {
+            return Err(
+                "--log-format, --log-rank and --log-world-size need --log-tail FILE".to_owned(),
+            );
+        }
+        return Ok(None);
+    };
+    if path.as_os_str().is_empty() {
+        return Err("--log-tail: empty path".to_owned());
+    }
+    let job = cfg
+        .job
+        .clone()
+        .ok_or("--log-tail needs --job (the job whose log it is)")?;
+    let mut t = TailConfig::new(path, job);
+    if let Some(f) = format {
+        t.preset = f.parse().map_err(|e| format!("--log-format: {e}"))?;
+    }
+    t.world_size = world_size.unwrap_or(1);
+    if t.world_size == 0 || t.world_size > vigil_core::progress::MAX_WORLD_SIZE {
+        return Err(format!(
+            "--log-world-size {}: must be within 1..={}",
+            t.world_size,
+            vigil_core::progress::MAX_WORLD_SIZE
+        ));
+    }
+    t.rank = rank.unwrap_or(0);
+    if t.rank >= t.world_size {
+        return Err(format!(
+            "--log-rank {} must be below --log-world-size {}",
+            t.rank, t.world_size
+        ));
+    }
+    Ok(Some(t))
 }
 
 fn validate_url(url: &str) -> Result<(), String> {
@@ -244,6 +316,95 @@ mod tests {
         assert!(
             parse(&["--controller", "http://x", "--spare"]).is_err_and(|e| e.contains("worker"))
         );
+    }
+
+    #[test]
+    fn log_tail_flags() {
+        let base = ["--controller", "http://x", "--node-id", "n0"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&[
+            "--job",
+            "gpt",
+            "--log-tail",
+            "train.log",
+            "--log-format",
+            "megatron",
+            "--log-rank",
+            "7",
+            "--log-world-size",
+            "8",
+        ])
+        .expect("valid");
+        let t = c.log_tail.expect("log tail configured");
+        assert_eq!(t.path, PathBuf::from("train.log"));
+        assert_eq!(t.preset, vigil_core::logtail::Preset::Megatron);
+        assert_eq!((t.rank, t.world_size, t.job.as_str()), (7, 8, "gpt"));
+        let c = with(&["--job", "gpt", "--log-tail", "train.log"]).expect("valid");
+        let t = c.log_tail.expect("log tail configured");
+        assert_eq!(
+            (t.preset, t.rank, t.world_size, t.from_start),
+            (vigil_core::logtail::Preset::Auto, 0, 1, false)
+        );
+        assert!(with(&["--log-tail", "train.log"]).is_err_and(|e| e.contains("--job")));
+        assert!(
+            with(&[
+                "--job",
+                "gpt",
+                "--log-tail",
+                "t.log",
+                "--log-format",
+                "nemo"
+            ])
+            .is_err_and(|e| e.contains("--log-format"))
+        );
+        assert!(
+            with(&["--job", "gpt", "--log-tail", "t.log", "--log-rank", "1"])
+                .is_err_and(|e| e.contains("--log-rank"))
+        );
+        assert!(
+            with(&[
+                "--job",
+                "gpt",
+                "--log-tail",
+                "t.log",
+                "--log-world-size",
+                "0"
+            ])
+            .is_err()
+        );
+        assert!(
+            with(&["--job", "gpt", "--log-format", "megatron"])
+                .is_err_and(|e| e.contains("--log-tail"))
+        );
+        assert!(with(&[]).is_ok_and(|c| c.log_tail.is_none()));
+    }
+
+    #[test]
+    fn log_tail_from_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("vigil-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("agent.toml");
+        std::fs::write(
+            &file,
+            "controller = \"http://x\"\nnode_id = \"n0\"\njob = \"ft\"\nlog_tail = \"/var/log/train.log\"\nlog_format = \"hf_trainer\"\n",
+        )
+        .expect("write config");
+        let path = file.to_string_lossy().into_owned();
+        let c = parse(&["--config", &path]).expect("valid");
+        let t = c.log_tail.expect("log tail configured");
+        assert_eq!(t.path, PathBuf::from("/var/log/train.log"));
+        assert_eq!(t.preset, vigil_core::logtail::Preset::HfTrainer);
+        // A flag overrides the file.
+        let c = parse(&["--config", &path, "--log-format", "deepspeed"]).expect("valid");
+        assert_eq!(
+            c.log_tail.map(|t| t.preset),
+            Some(vigil_core::logtail::Preset::DeepSpeed)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod encode;
 pub mod host;
+pub mod logtail;
 pub mod probes;
 pub mod progress;
 pub mod spool;

@@ -83,6 +83,10 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             events_tx.clone(),
         ));
     }
+    if let Some(t) = cfg.log_tail.clone() {
+        vigil_agent::logtail::spawn(t, events_tx.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the log follower: {e}"))?;
+    }
     if let Some(w) = cfg.checkpoints.clone() {
         tokio::spawn(vigil_agent::checkpoints::watch(w, events_tx.clone()));
     }

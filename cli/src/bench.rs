@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vigil_agent::AgentStats;
-use vigil_agent::cards::SimCards;
+use vigil_agent::cards::{SimCards, SimFault, SimHandle};
+use vigil_agent::supervise::WorkerOrder;
 use vigil_agent::uplink::AgentIo;
 use vigil_agent::{AgentConfig, backoff::BackoffConfig};
-use vigil_core::NodeId;
+use vigil_core::model::{CheckpointReport, EventBody};
+use vigil_core::progress::ProgressRecord;
+use vigil_core::{JobId, NodeId};
 
 /// Benchmark settings.
 #[derive(Debug, Clone)]
@@ -27,6 +30,27 @@ pub struct BenchOptions {
     pub controller_bin: Option<PathBuf>,
     /// Store URL for the controller (default: SQLite in a temp dir).
     pub store: Option<String>,
+    /// Also time a recovery across every node.
+    pub recovery: bool,
+}
+
+/// Timing of one recovery across the whole benchmark cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryTiming {
+    pub world_size: u32,
+    /// Fault injected on the simulated card to the incident's detection
+    /// (includes up to one probe interval for the agent to read the XID).
+    pub fault_to_detect_ms: f64,
+    /// Detection to the last agent receiving its stop order.
+    pub detect_to_last_stop_ms: f64,
+    /// Detection to the last agent receiving its restart order (the
+    /// restart order is sent once the recovery is stored).
+    pub detect_to_last_start_ms: f64,
+    /// Detection to the first agent receiving its restart order.
+    pub detect_to_first_start_ms: f64,
+    pub agents_stopped: usize,
+    pub agents_started: usize,
+    pub action: String,
 }
 
 /// Results.
@@ -47,6 +71,8 @@ pub struct BenchReport {
     pub controller_rss_mb: f64,
     pub controller_peak_rss_mb: f64,
     pub store: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryTiming>,
 }
 
 struct Child(std::process::Child);
@@ -173,9 +199,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     );
     let mut stats: Vec<Arc<AgentStats>> = Vec::new();
     let mut tasks = Vec::new();
-    for i in 0..opts.nodes {
-        let node = NodeId::new(format!("bench-{i:05}"))?;
-        let (cards, _h) = SimCards::new(node.as_str(), opts.cards, "H100");
+    let job = JobId::new("bench")?;
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    let orders: Arc<Vec<OrderTimes>> =
+        Arc::new((0..=opts.nodes).map(|_| OrderTimes::default()).collect());
+    // With --recovery, one more agent: the spare.
+    let total = opts.nodes + u32::from(opts.recovery);
+    for i in 0..total {
+        let spare = i == opts.nodes;
+        let name = if spare {
+            "bench-spare".to_owned()
+        } else {
+            format!("bench-{i:05}")
+        };
+        let node = NodeId::new(name)?;
+        let (cards, h) = SimCards::new(node.as_str(), opts.cards, "H100");
         let mut cfg = AgentConfig::new(format!("http://127.0.0.1:{gport}"), node);
         cfg.heartbeat = Duration::from_millis(u64::from(hb_ms));
         cfg.host_metrics = false;
@@ -183,10 +222,33 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             initial: Duration::from_millis(100),
             ..Default::default()
         };
-        let (io, _tx) = AgentIo::new();
+        let (mut io, tx) = AgentIo::new();
+        if opts.recovery {
+            cfg.supervises = true;
+            cfg.spare = spare;
+            cfg.job = (!spare).then(|| job.clone());
+            let (wtx, mut wrx) = tokio::sync::mpsc::channel::<WorkerOrder>(16);
+            io.worker = Some(wtx);
+            let orders = orders.clone();
+            let idx = i as usize;
+            tokio::spawn(async move {
+                while let Some(o) = wrx.recv().await {
+                    let t = &orders[idx];
+                    let slot = match o {
+                        WorkerOrder::Stop { .. } => &t.stop,
+                        WorkerOrder::Start { .. } => &t.start,
+                    };
+                    if let Ok(mut s) = slot.lock() {
+                        s.get_or_insert_with(Instant::now);
+                    }
+                }
+            });
+        }
         stats.push(io.stats.clone());
+        senders.push(tx.clone());
+        handles.push(h);
         tasks.push(tokio::spawn(async move {
-            let _keep = _tx;
+            let _keep = tx;
             let _ = vigil_agent::run(cfg, Box::new(cards), io).await;
         }));
         if i % 100 == 99 {
@@ -199,11 +261,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             .iter()
             .filter(|s| s.connected.load(Ordering::Relaxed))
             .count();
-        if up == opts.nodes as usize {
+        if up == total as usize {
             break;
         }
         if Instant::now() > connect_by {
-            anyhow::bail!("only {up} of {} agents connected within 60 s", opts.nodes);
+            anyhow::bail!("only {up} of {total} agents connected within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -237,6 +299,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     lat.sort_unstable();
+    let recovery = if opts.recovery {
+        Some(time_recovery(&opts, &http, &base, &job, &senders, &handles, &orders).await?)
+    } else {
+        None
+    };
     for t in tasks {
         t.abort();
     }
@@ -263,5 +330,144 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         } else {
             "sqlite (temp dir)".into()
         },
+        recovery,
+    })
+}
+
+/// When an agent received its first stop and start orders.
+#[derive(Debug, Default)]
+struct OrderTimes {
+    stop: std::sync::Mutex<Option<Instant>>,
+    start: std::sync::Mutex<Option<Instant>>,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    vigil_core::Timestamp::parse_rfc3339(s).ok().map(|t| t.0)
+}
+
+/// One job over every node, a complete checkpoint, then XID 79 on one card:
+/// times detection and the stop and restart orders reaching the agents.
+async fn time_recovery(
+    opts: &BenchOptions,
+    http: &reqwest::Client,
+    base: &str,
+    job: &JobId,
+    senders: &[tokio::sync::mpsc::Sender<EventBody>],
+    handles: &[SimHandle],
+    orders: &[OrderTimes],
+) -> anyhow::Result<RecoveryTiming> {
+    let world = opts.nodes * opts.cards;
+    for (i, tx) in senders.iter().take(opts.nodes as usize).enumerate() {
+        for c in 0..opts.cards {
+            let rank = i as u32 * opts.cards + c;
+            tx.send(EventBody::Progress(ProgressRecord::Start {
+                job: job.clone(),
+                rank,
+                world_size: world,
+                local_rank: Some(c),
+                card: Some(c),
+                pid: None,
+            }))
+            .await
+            .map_err(|_| anyhow::anyhow!("agent {i} is gone"))?;
+        }
+    }
+    if let Some(tx) = senders.first() {
+        tx.send(EventBody::Checkpoint(CheckpointReport {
+            job: job.clone(),
+            rank: 0,
+            step: 100,
+            path: "/ckpt/bench/step-100".to_owned(),
+            bytes: None,
+            sha256: None,
+            complete_all: true,
+            invalid: None,
+            source: Some("watcher:bench".to_owned()),
+        }))
+        .await
+        .map_err(|_| anyhow::anyhow!("agent 0 is gone"))?;
+    }
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs: serde_json::Value = http
+            .get(format!("{base}/api/v1/jobs"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ranks = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == job.as_str()))
+            .and_then(|j| j["ranks"].as_object().map(|r| r.len()))
+            .unwrap_or(0);
+        if ranks == world as usize {
+            break;
+        }
+        if Instant::now() > ready_by {
+            anyhow::bail!("the controller saw {ranks} of {world} ranks within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("bench: job of {world} ranks running; injecting XID 79 on bench-00000/3");
+    let injected_wall = wall_ms();
+    let injected = Instant::now();
+    handles
+        .first()
+        .context("no agents")?
+        .inject(&SimFault::Xid { card: 3, code: 79 })
+        .map_err(anyhow::Error::msg)?;
+    let n = opts.nodes as usize;
+    let done_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Every surviving node and the spare get their restart order.
+        let started = orders
+            .iter()
+            .filter(|o| o.start.lock().map(|s| s.is_some()).unwrap_or(false))
+            .count();
+        if started >= n {
+            break;
+        }
+        if Instant::now() > done_by {
+            anyhow::bail!("only {started} of {n} agents got a restart order within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let incidents: serde_json::Value = http
+        .get(format!("{base}/api/v1/incidents"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let inc = incidents
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["job"] == job.as_str()))
+        .context("no incident for the bench job")?;
+    let detected_wall = inc["detected_at"]
+        .as_str()
+        .and_then(rfc3339_ms)
+        .context("incident without detected_at")?;
+    // The controller's clock and ours are the same machine's.
+    let detected = injected + Duration::from_millis((detected_wall - injected_wall).max(0) as u64);
+    let since = |t: Instant| t.saturating_duration_since(detected).as_secs_f64() * 1000.0;
+    let times = |f: fn(&OrderTimes) -> Option<Instant>| -> Vec<Instant> {
+        orders.iter().filter_map(f).collect()
+    };
+    let stops = times(|o| o.stop.lock().ok().and_then(|s| *s));
+    let starts = times(|o| o.start.lock().ok().and_then(|s| *s));
+    Ok(RecoveryTiming {
+        world_size: world,
+        fault_to_detect_ms: (detected_wall - injected_wall) as f64,
+        detect_to_last_stop_ms: stops.iter().copied().max().map_or(0.0, since),
+        detect_to_last_start_ms: starts.iter().copied().max().map_or(0.0, since),
+        detect_to_first_start_ms: starts.iter().copied().min().map_or(0.0, since),
+        agents_stopped: stops.len(),
+        agents_started: starts.len(),
+        action: inc["action"].as_str().unwrap_or("").to_owned(),
     })
 }

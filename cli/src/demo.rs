@@ -19,6 +19,9 @@ pub struct DemoOptions {
     pub output: Output,
     /// Directory for the demo's SQLite store (default: a fresh temp dir).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Address of the embedded controller's HTTP API and dashboard
+    /// (default: a free port on 127.0.0.1).
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// Loads the scenario named by the options, or the built-in one.
@@ -213,7 +216,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let mut cfg = ControllerConfig {
         grpc_listen: "127.0.0.1:0".parse()?,
-        http_listen: "127.0.0.1:0".parse()?,
+        http_listen: match opts.http_listen {
+            Some(a) => a,
+            None => "127.0.0.1:0".parse()?,
+        },
         // A throwaway store: durable across crashes, not power losses.
         store: format!("sqlite://{}?sync=normal", dir.join("vigil.db").display()),
         ..Default::default()
@@ -317,7 +323,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         })
         .await
         .unwrap_or_default();
-    let ledger = ledger(&truth, &scn, speed);
+    // The controller's ledger in scenario time: wall card-ms x speed, up to
+    // the scenario's end.
+    let end_ms = started_ms + (scn.duration_s * 1000.0 / speed) as i64;
+    let rows: Vec<vigil_core::ledger::LedgerRow> = controller
+        .state
+        .query(move |c| c.ledger().rows(end_ms, None, Some(end_ms)))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut r| {
+            r.card_ms = (r.card_ms as f64 * speed).round() as i64;
+            r
+        })
+        .collect();
+    let ledger = vigil_core::ledger::report(&rows, vigil_core::ledger::GroupBy::Job, None);
+    let ledger_truth = ledger_truth(&truth, &scn);
     let sc = score(
         &truth,
         &incidents,
@@ -336,6 +357,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         "duration_s": scn.duration_s,
         "incidents": newest_first,
         "ledger": ledger,
+        "ledger_truth": ledger_truth,
         "jobs": jobs,
         "faults": truth.faults,
         "score": sc,
@@ -347,28 +369,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-/// A first ledger from the simulator's own account: allocated card-hours
-/// and those that produced kept progress. Attribution of the losses by
-/// cause is not computed yet; the whole gap is reported as `other`.
-fn ledger(truth: &Truth, scn: &Scenario, _speed: f64) -> Vec<Value> {
+/// The simulator's own account of the job's card-time, in the ledger's
+/// shape, to compare the controller's ledger with.
+fn ledger_truth(truth: &Truth, scn: &Scenario) -> Vec<Value> {
     let (Some(job), Some(spec)) = (&truth.job, &scn.job) else {
         return Vec::new();
     };
-    let cards = f64::from(spec.world_size);
-    let allocated = cards * scn.duration_s / 3600.0;
-    let effective =
-        (cards * job.steps_completed as f64 * f64::from(spec.step_ms) / 1000.0 / 3600.0)
-            .min(allocated);
-    let round = |x: f64| (x * 1e6).round() / 1e6;
+    let ms = |k: &str| job.truth_card_ms.get(k).copied().unwrap_or(0);
+    let h = |v: i64| v as f64 / 3_600_000.0;
+    let losses = [
+        "detection",
+        "recovery",
+        "rolled_back",
+        "straggler",
+        "waiting_for_capacity",
+        "checkpoint",
+        "other",
+    ];
+    let allocated: i64 = job.truth_card_ms.values().sum();
+    let lost: serde_json::Map<String, Value> = losses
+        .iter()
+        .map(|k| ((*k).to_owned(), h(ms(k)).into()))
+        .collect();
     vec![json!({
         "job": spec.id,
-        "allocated_card_hours": round(allocated),
-        "effective_card_hours": round(effective),
-        "ettr": if allocated > 0.0 { round(effective / allocated) } else { 0.0 },
-        "lost_card_hours": {
-            "detection": 0.0, "recovery": 0.0, "rolled_back": 0.0, "straggler": 0.0,
-            "waiting_for_capacity": 0.0, "checkpoint": 0.0, "other": round(allocated) - round(effective),
-        },
+        "allocated_card_hours": h(allocated),
+        "effective_card_hours": h(ms("effective")),
+        "ettr": if allocated > 0 { ms("effective") as f64 / allocated as f64 } else { 0.0 },
+        "lost_card_hours": lost,
     })]
 }
 
@@ -459,7 +487,8 @@ fn print_summary(report: &Value, sc: &Score) {
         crate::view::incidents(
             report["incidents"]
                 .as_array()
-                .map_or(&[][..], Vec::as_slice)
+                .map_or(&[][..], Vec::as_slice),
+            crate::table::Style::detect(),
         )
     );
     println!("\n== verdicts ==");
@@ -490,9 +519,10 @@ fn print_summary(report: &Value, sc: &Score) {
         .collect();
     print!(
         "{}",
-        crate::table::render(
+        crate::table::render_with(
             &["AT", "FAULT", "WHERE", "VERDICT", "INCIDENT", "LATENCY"],
-            &rows
+            &rows,
+            crate::table::Style::detect(),
         )
     );
     println!(

@@ -7,6 +7,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use vigil_core::cluster::Registration;
 use vigil_core::incident::Incident;
+use vigil_core::ledger::LedgerRow;
 use vigil_core::model::{AgentEvent, CardInfo};
 use vigil_core::{JobId, Millis, NodeId};
 
@@ -74,6 +75,16 @@ const SCHEMA: &[&str] = &[
         detected_at_ms BIGINT NOT NULL,
         body_json TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS recoveries (
+        job TEXT PRIMARY KEY,
+        body_json TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger (
+        job TEXT NOT NULL,
+        bucket_ms BIGINT NOT NULL,
+        category TEXT NOT NULL,
+        culprit_json TEXT NOT NULL,
+        card_ms BIGINT NOT NULL,
+        PRIMARY KEY (job, bucket_ms, category, culprit_json))",
+    "CREATE TABLE IF NOT EXISTS ledger_cursors (
         job TEXT PRIMARY KEY,
         body_json TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS feed (
@@ -344,6 +355,87 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Stores ledger amounts (absolute values) and job cursors, in one
+    /// transaction.
+    pub async fn save_ledger(
+        &self,
+        rows: &[LedgerRow],
+        cursors: &[vigil_core::ledger::Cursor],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() && cursors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            let culprit = serde_json::to_string(&r.culprit)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO ledger (job, bucket_ms, category, culprit_json, card_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (job, bucket_ms, category, culprit_json)
+                 DO UPDATE SET card_ms = excluded.card_ms",
+            )
+            .bind(r.job.as_str())
+            .bind(r.bucket_ms)
+            .bind(r.category.as_str())
+            .bind(culprit)
+            .bind(r.card_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for c in cursors {
+            let body = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO ledger_cursors (job, body_json) VALUES ($1, $2)
+                 ON CONFLICT (job) DO UPDATE SET body_json = excluded.body_json",
+            )
+            .bind(c.job.as_str())
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored ledger.
+    pub async fn ledger(
+        &self,
+    ) -> Result<(Vec<LedgerRow>, Vec<vigil_core::ledger::Cursor>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT job, bucket_ms, category, culprit_json, card_ms FROM ledger ORDER BY job, bucket_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let job: String = r.try_get(0)?;
+            let category: String = r.try_get(2)?;
+            let culprit: String = r.try_get(3)?;
+            out.push(LedgerRow {
+                job: vigil_core::JobId::new(job)
+                    .map_err(|e| StoreError::Corrupt(format!("ledger job: {e}")))?,
+                bucket_ms: r.try_get(1)?,
+                category: vigil_core::ledger::Category::parse(&category)
+                    .ok_or_else(|| StoreError::Corrupt(format!("ledger category {category:?}")))?,
+                culprit: serde_json::from_str(&culprit)
+                    .map_err(|e| StoreError::Corrupt(format!("ledger culprit: {e}")))?,
+                card_ms: r.try_get(4)?,
+            });
+        }
+        let cursors = sqlx::query("SELECT body_json FROM ledger_cursors ORDER BY job")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let body: String = r.try_get(0)?;
+                serde_json::from_str(&body)
+                    .map_err(|e| StoreError::Corrupt(format!("ledger cursor: {e}")))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((out, cursors))
     }
 
     /// Recoveries in progress when the controller stopped.

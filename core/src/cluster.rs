@@ -7,6 +7,7 @@
 
 use crate::ids::{IncidentId, JobId, NodeId};
 use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
+use crate::ledger::{self, Culprit, Ledger, LedgerRow};
 use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
 use crate::model::{
     AgentEvent, CardInfo, CardSample, CheckpointReport, EventBody, Heartbeat, HostMetrics, Signal,
@@ -375,6 +376,11 @@ pub enum Effect {
     /// Ask the configured action back-ends (exec hook, Slurm, Kubernetes)
     /// to act.
     Action(Box<ActionRequest>),
+    /// Store these ledger amounts and cursors (absolute values; replace).
+    Ledger {
+        rows: Vec<LedgerRow>,
+        cursors: Vec<ledger::Cursor>,
+    },
 }
 
 /// What the action back-ends are asked to do.
@@ -442,6 +448,8 @@ pub struct Cluster {
     /// Checkpoints a directory watcher found for jobs no rank has reported
     /// yet; they join the job's catalog when it appears.
     pending_catalog: BTreeMap<JobId, BTreeMap<u64, CheckpointState>>,
+    /// Allocated versus effective card-hours.
+    ledger: Ledger,
 }
 
 /// Feed events emitted when a job advances this many steps.
@@ -540,7 +548,37 @@ impl Cluster {
         if !self.pending_recovery.is_empty() || (!heartbeat && !self.recoveries.is_empty()) {
             self.drive_recoveries(now, &mut fx);
         }
+        if !heartbeat {
+            let (rows, cursors) = self.ledger.take_dirty();
+            if !rows.is_empty() || !cursors.is_empty() {
+                fx.push(Effect::Ledger { rows, cursors });
+            }
+        }
         Ok(fx)
+    }
+
+    /// The goodput ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Ledger amounts and cursors stored by a previous controller.
+    pub fn restore_ledger(&mut self, rows: Vec<LedgerRow>, cursors: Vec<ledger::Cursor>) {
+        self.ledger.restore(rows, cursors);
+    }
+
+    fn culprit(&self, incident: IncidentId, cause: &Cause) -> Culprit {
+        Culprit {
+            incident: Some(incident),
+            node: Some(cause.node.clone()),
+            card: cause.card,
+            model: cause.card.and_then(|c| {
+                self.nodes
+                    .get(&cause.node)
+                    .and_then(|n| n.cards.get(c as usize))
+                    .map(|c| c.info.model.clone())
+            }),
+        }
     }
 
     fn register(&mut self, reg: Registration, now: Millis, fx: &mut Vec<Effect>) {
@@ -929,8 +967,20 @@ impl Cluster {
         inc.phase("localize", now, Some(now));
         inc.add_evidence(evidence);
         self.open.insert(card_key, id);
-        if inc.job.is_some() && action != Action::None && self.stops_job(kind, &inc.cause.signal) {
+        if let Some(job) = inc.job.clone()
+            && action != Action::None
+            && self.stops_job(kind, &inc.cause.signal)
+        {
             self.pending_recovery.push(id);
+            let culprit = self.culprit(id, &inc.cause);
+            // A hang stalls the step in flight from its start: the whole
+            // stall since the last step end is detection time.
+            let fault_ms = if kind == IncidentKind::Hang {
+                Millis::MIN
+            } else {
+                observed_at.min(now)
+            };
+            self.ledger.fault(&job, fault_ms, now, culprit);
         }
         fx.push(Effect::Incident(Box::new(inc.clone())));
         self.incidents.insert(id, inc);
@@ -1293,6 +1343,8 @@ impl Cluster {
                         }
                         if step > job.step {
                             job.step = step;
+                            self.ledger
+                                .step(&job_id, job.world_size, job.started_at_ms, step, at);
                             if step % PROGRESS_FEED_EVERY == 0 {
                                 fx.push(Effect::Feed {
                                     kind: "job_progress",
@@ -1305,6 +1357,7 @@ impl Cluster {
             }
             ProgressRecord::Checkpoint { step, path, .. } => {
                 job.timing.on_checkpoint(at);
+                self.ledger.checkpoint(&job_id);
                 let world = job.world_size;
                 let c = job
                     .checkpoints
@@ -1332,6 +1385,7 @@ impl Cluster {
                     } else {
                         JobRunState::Failed
                     };
+                    self.ledger.ended(&job_id, now);
                     fx.push(Effect::Feed {
                         kind: "job_ended",
                         data: json!({ "job": job.id, "state": job.state, "step": job.step }),
@@ -1377,15 +1431,21 @@ impl Cluster {
                 "rank {rank} on {node}/{} computes {factor:.2}x as long as its peers of the same card model",
                 card.map_or("?".to_owned(), |c| c.to_string())
             );
-            self.open_incident(
+            let id = self.open_incident(
                 IncidentKind::Straggler,
-                cause,
+                cause.clone(),
                 Some(job_id.clone()),
                 now,
                 now,
                 evidence,
                 Action::None,
                 fx,
+            );
+            let culprit = self.culprit(id, &cause);
+            self.ledger.straggler(
+                job_id,
+                Some(culprit),
+                self.cfg.workload.straggler_window,
             );
             if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
                 && c.health == CardHealth::Healthy
@@ -1405,6 +1465,7 @@ impl Cluster {
                 && inc.kind == IncidentKind::Straggler
             {
                 inc.add_evidence(format!("rank {rank} back to its peers' speed"));
+                self.ledger.straggler(job_id, None, 0);
                 inc.resolve(now);
                 self.open.remove(&(node.clone(), card));
                 fx.push(Effect::Incident(Box::new(inc.clone())));

@@ -26,6 +26,35 @@ pub struct JobOutcome {
     pub steps_completed: u64,
     /// Latest checkpoint written by every rank.
     pub last_checkpoint: Option<u64>,
+    /// The simulator's own account of where the job's card-time went:
+    /// category (as in the ledger) -> card-milliseconds of scenario time.
+    pub truth_card_ms: BTreeMap<&'static str, i64>,
+}
+
+/// The simulator's ground truth for the ledger, in scenario milliseconds
+/// (multiplied by the world size when reported).
+#[derive(Debug, Default)]
+struct Truth {
+    /// Accounted up to here.
+    last: u64,
+    /// Stopped by a fault: waiting for the restarted job.
+    stopped: bool,
+    /// When the pending job-stopping fault struck.
+    fault_at: Option<u64>,
+    /// The first stop and start orders of the current recovery.
+    stop_at: Option<u64>,
+    start_at: Option<u64>,
+    /// The current step's straggler excess (ms over the healthy time).
+    straggle: u64,
+    /// Effective ms of each kept step.
+    steps: Vec<(u64, u64)>,
+    ms: BTreeMap<&'static str, u64>,
+}
+
+impl Truth {
+    fn add(&mut self, cat: &'static str, ms: u64) {
+        *self.ms.entry(cat).or_insert(0) += ms;
+    }
 }
 
 /// Epoch of actions that survive a stop (faults).
@@ -82,6 +111,7 @@ struct Sim<'a> {
     current_step: u64,
     rng: u64,
     injected: Vec<InjectedFault>,
+    truth: Truth,
 }
 
 /// Runs the scenario to its end. Returns the job outcome and the faults.
@@ -131,6 +161,7 @@ pub async fn run(
         current_step: 0,
         rng: scn.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         injected: Vec::new(),
+        truth: Truth::default(),
     };
     for (i, f) in faults.iter().enumerate() {
         sim.at((f.at_s * 1000.0) as u64, Action::Fault(i));
@@ -163,7 +194,16 @@ pub async fn run(
     }
     tokio::time::sleep_until(origin + Duration::from_secs_f64(end_ms as f64 / 1000.0 / speed))
         .await;
+    sim.truth_close(end_ms);
+    let world = scn.job.as_ref().map_or(0, |j| i64::from(j.world_size));
+    let truth_card_ms = sim
+        .truth
+        .ms
+        .iter()
+        .map(|(k, v)| (*k, *v as i64 * world))
+        .collect();
     let outcome = scn.job.as_ref().map(|j| JobOutcome {
+        truth_card_ms,
         id: j.id.clone(),
         world_size: j.world_size,
         final_step: sim.steps_completed,
@@ -196,6 +236,7 @@ impl Sim<'_> {
                 if !self.ranks.iter().any(|r| r.node == node) {
                     return;
                 }
+                self.truth_stop(t);
                 // Every rank on the node ends; the job cannot step on.
                 self.running_restart.remove(&node);
                 self.epoch += 1;
@@ -216,6 +257,16 @@ impl Sim<'_> {
             } => {
                 if self.running_restart.get(&node) == Some(&restart_count) {
                     return;
+                }
+                if self.truth.stopped && self.truth.start_at.is_none() {
+                    // Stop to first start: waiting for capacity, if any.
+                    let since = self.truth.stop_at.unwrap_or(t);
+                    self.truth
+                        .add("recovery", since.saturating_sub(self.truth.last));
+                    self.truth
+                        .add("waiting_for_capacity", t.saturating_sub(since));
+                    self.truth.last = t;
+                    self.truth.start_at = Some(t);
                 }
                 self.running_restart.insert(node.clone(), restart_count);
                 if !replaces.is_empty() {
@@ -318,6 +369,8 @@ impl Sim<'_> {
                 self.current_step = step;
                 self.arrived = 0;
                 self.step_started_at = t;
+                let mut healthy: f64 = 0.0;
+                let mut actual: f64 = 0.0;
                 for i in 0..self.ranks.len() {
                     let r = self.ranks[i].clone();
                     if r.dead {
@@ -341,11 +394,14 @@ impl Sim<'_> {
                     let jitter = 1.0 + 0.04 * (self.noise() - 0.5);
                     let compute =
                         f64::from(spec.step_ms) / model_speed / r.slow / self.job_speed * jitter;
+                    healthy = healthy.max(compute * r.slow);
+                    actual = actual.max(compute);
                     self.at(
                         t + compute.max(1.0) as u64,
                         Action::Collective(i as u32, step),
                     );
                 }
+                self.truth.straggle = (actual - healthy).max(0.0) as u64;
             }
             Action::Collective(rank, step) => {
                 if step != self.current_step {
@@ -380,6 +436,14 @@ impl Sim<'_> {
                 }
             }
             Action::StepEnd(step) => {
+                if !self.truth.stopped {
+                    let d = t.saturating_sub(self.truth.last);
+                    let slow = self.truth.straggle.min(d);
+                    self.truth.add("straggler", slow);
+                    self.truth.add("effective", d - slow);
+                    self.truth.steps.push((step, d - slow));
+                    self.truth.last = t;
+                }
                 for i in 0..self.ranks.len() as u32 {
                     self.emit(
                         i,
@@ -420,6 +484,7 @@ impl Sim<'_> {
                     }
                     return;
                 }
+                self.truth_restart(t, from);
                 self.restarts += 1;
                 self.launch_ranks(30_000 + 1000 * self.restarts);
                 self.steps_completed = from;
@@ -441,6 +506,11 @@ impl Sim<'_> {
                     );
                 }
                 self.last_checkpoint = Some(step);
+                if !self.truth.stopped {
+                    self.truth
+                        .add("checkpoint", t.saturating_sub(self.truth.last));
+                    self.truth.last = t;
+                }
                 self.at(t, Action::StepStart(step + 1));
             }
         }
@@ -500,15 +570,18 @@ impl Sim<'_> {
                 // take its CUDA context down.
                 if !matches!(code, 63 | 92 | 154 | 157) {
                     self.kill_rank(&node_name, card);
+                    self.truth_fault(t);
                 }
             }
             (FaultKind::EccDbe, Action::Fault(_)) => {
                 inject(SimFault::EccDbe { card });
                 self.kill_rank(&node_name, card);
+                self.truth_fault(t);
             }
             (FaultKind::GpuLost, Action::Fault(_)) => {
                 inject(SimFault::GpuLost { card });
                 self.kill_rank(&node_name, card);
+                self.truth_fault(t);
             }
             (FaultKind::Thermal { .. }, a) => {
                 inject(SimFault::Thermal { card, on: starting });
@@ -533,6 +606,7 @@ impl Sim<'_> {
             (FaultKind::Hang, Action::Fault(_)) => {
                 if let Some(r) = self.rank_at(&node_name, card) {
                     self.ranks[r as usize].hung = true;
+                    self.truth_fault(t);
                 }
             }
             (FaultKind::Slow { factor, .. }, _) => {
@@ -541,6 +615,7 @@ impl Sim<'_> {
             (FaultKind::WorkerExit, Action::Fault(_)) => {
                 let rank = self.rank_at(&node_name, card);
                 self.kill_rank(&node_name, card);
+                self.truth_fault(t);
                 if let Some(n) = node {
                     let _ = n.progress.try_send(EventBody::WorkerExit {
                         rank,
@@ -560,6 +635,7 @@ impl Sim<'_> {
                 for r in self.ranks.iter_mut().filter(|r| r.node == node_name) {
                     r.dead = true;
                 }
+                self.truth_fault(t);
             }
             (FaultKind::Partition { .. }, _) => {
                 freeze(starting);
@@ -593,6 +669,66 @@ impl Sim<'_> {
             }
             _ => {}
         }
+    }
+
+    /// A job-stopping fault struck at `t` (the first one counts).
+    fn truth_fault(&mut self, t: u64) {
+        if !self.truth.stopped && self.truth.fault_at.is_none() {
+            self.truth.fault_at = Some(t);
+        }
+    }
+
+    /// The first stop order of a recovery: the step in flight is lost, and
+    /// the time since the fault went to detection.
+    fn truth_stop(&mut self, t: u64) {
+        if self.truth.stopped {
+            return;
+        }
+        let fault = self.truth.fault_at.unwrap_or(t).clamp(self.truth.last, t);
+        self.truth.add("rolled_back", fault - self.truth.last);
+        self.truth.add("detection", t - fault);
+        self.truth.last = t;
+        self.truth.stopped = true;
+        self.truth.stop_at = Some(t);
+        self.truth.start_at = None;
+    }
+
+    /// Training restarts at `t` from the checkpoint at `from`: the steps
+    /// after it are thrown away.
+    fn truth_restart(&mut self, t: u64, from: u64) {
+        if self.truth.start_at.is_none() {
+            self.truth.start_at = Some(t);
+        }
+        self.truth
+            .add("recovery", t.saturating_sub(self.truth.last));
+        self.truth.last = t;
+        let mut rolled = 0;
+        self.truth.steps.retain(|(s, ms)| {
+            if *s > from {
+                rolled += ms;
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(e) = self.truth.ms.get_mut("effective") {
+            *e -= rolled.min(*e);
+        }
+        self.truth.add("rolled_back", rolled);
+        self.truth.stopped = false;
+        self.truth.fault_at = None;
+        self.truth.stop_at = None;
+    }
+
+    /// The scenario ended at `t`: the time since the last account.
+    fn truth_close(&mut self, t: u64) {
+        let cat = if self.truth.stopped {
+            "recovery"
+        } else {
+            "effective"
+        };
+        self.truth.add(cat, t.saturating_sub(self.truth.last));
+        self.truth.last = t;
     }
 
     fn set_slow(&mut self, node: &str, card: u32, factor: f64) {

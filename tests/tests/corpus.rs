@@ -100,6 +100,7 @@ fn every_scenario_is_localized_without_false_alarms() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let reports = reports.into_inner().expect("reports");
     recovery_checks(&reports);
+    ledger_checks(&reports);
     for kind in vigil_core::scenario::FAULT_KINDS {
         assert!(kinds.contains(kind), "no scenario injects {kind}");
     }
@@ -171,5 +172,61 @@ fn recovery_checks(reports: &std::collections::BTreeMap<String, serde_json::Valu
     // A card that is only slow, throttled or degraded does not restart the job.
     for s in ["slow.toml", "thermal.toml", "pcie-degraded.toml"] {
         assert_eq!(reports[s]["jobs"][0]["restarts"], 0, "{s}");
+    }
+}
+
+/// The ledger: the identity holds exactly in every scenario, the losses
+/// land in the right categories, and on the long `ledger` scenario every
+/// category is close to the simulator's own account.
+fn ledger_checks(reports: &std::collections::BTreeMap<String, serde_json::Value>) {
+    for (name, r) in reports {
+        for e in r["ledger"].as_array().into_iter().flatten() {
+            let lost: i64 = e["lost_card_ms"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(|v| v.as_i64()).sum());
+            let (alloc, eff) = (
+                e["allocated_card_ms"].as_i64().expect("allocated"),
+                e["effective_card_ms"].as_i64().expect("effective"),
+            );
+            assert_eq!(alloc, eff + lost, "{name}: identity: {e}");
+            assert!(alloc > 0, "{name}: empty ledger {e}");
+        }
+    }
+    let lost = |s: &str, k: &str| {
+        reports[s]["ledger"][0]["lost_card_hours"][k]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    assert!(lost("no-spare.toml", "waiting_for_capacity") > 0.0);
+    assert!(lost("slow.toml", "straggler") > 0.0);
+    assert_eq!(lost("slow.toml", "recovery"), 0.0);
+    assert!(lost("xid79.toml", "recovery") > 0.0 && lost("xid79.toml", "rolled_back") > 0.0);
+    let r = &reports["ledger.toml"];
+    let (got, truth) = (&r["ledger"][0], &r["ledger_truth"][0]);
+    let alloc = truth["allocated_card_hours"].as_f64().expect("allocated");
+    let within = |what: &str, a: f64, b: f64| {
+        let off = (a - b).abs() / alloc;
+        assert!(
+            off <= 0.01,
+            "ledger.toml: {what} {a:.4} vs truth {b:.4}: {:.2}% of allocated",
+            off * 100.0
+        );
+    };
+    within(
+        "allocated",
+        got["allocated_card_hours"].as_f64().unwrap_or(0.0),
+        alloc,
+    );
+    within(
+        "effective",
+        got["effective_card_hours"].as_f64().unwrap_or(0.0),
+        truth["effective_card_hours"].as_f64().unwrap_or(0.0),
+    );
+    for (k, v) in truth["lost_card_hours"].as_object().into_iter().flatten() {
+        within(
+            k,
+            got["lost_card_hours"][k].as_f64().unwrap_or(0.0),
+            v.as_f64().unwrap_or(0.0),
+        );
     }
 }

@@ -324,6 +324,7 @@ impl Cluster {
                         })
                     });
                     if !waiting {
+                        self.ledger.waiting(job, now, true);
                         let need = broken.len();
                         let ev = self.note(job, |inc| {
                             inc.phase("waiting_for_capacity", now, None);
@@ -357,6 +358,7 @@ impl Cluster {
                 } else {
                     "replace_node"
                 };
+                self.ledger.waiting(job, now, false);
                 let ev = self.note(job, |inc| {
                     for p in inc
                         .phases
@@ -482,6 +484,7 @@ impl Cluster {
             rec.restart_count = restart_count;
             rec.restarted.clear();
         }
+        self.ledger.restored(job, ckpt.as_ref().map(|c| c.step));
         if let Some(j) = self.jobs.get_mut(job) {
             j.restarts += 1;
             j.restored_from = ckpt.as_ref().map(|c| c.step);
