@@ -28,8 +28,18 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        // The innermost cause says what went wrong ("Connection refused").
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let why = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            cause.to_string()
+        };
         anyhow!(
-            "cannot reach the controller at {} ({e}); is vigil-controller running? Point at it with --controller or VIGIL_API",
+            "cannot reach the controller at {} ({why}); is vigil-controller running? Point at it with --controller or VIGIL_API",
             self.base
         )
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use vigil_cli::bench::{self, BenchOptions};
 use vigil_cli::client::Client;
 use vigil_cli::demo::{self, DemoOptions};
+use vigil_cli::table::Style;
 use vigil_cli::{Output, view};
 
 /// Vigil: fault detection and recovery for AI training clusters.
@@ -28,6 +29,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For example: `vigil completions bash > /etc/bash_completion.d/vigil`,
+    /// or `vigil completions zsh > "${fpath[1]}/_vigil"`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Every node and card with its health and the evidence for it.
     Nodes,
     /// Jobs, their ranks, progress and state.
@@ -48,6 +57,26 @@ enum Command {
         since: Option<String>,
         #[command(subcommand)]
         show: Option<HistoryCmd>,
+    },
+    /// Allocated versus effective card-hours, with the losses by cause.
+    Ledger {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// From this time (RFC 3339; minute granularity).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by job (default), or the losses by the node, card or card
+        /// model that caused them, or by cause.
+        #[arg(long, value_parser = ["job", "node", "card", "model", "cause"])]
+        by: Option<String>,
+        /// The checkpoint interval that maximizes ETTR (Young/Daly), from
+        /// the observed failure rate and checkpoint and restart costs.
+        #[arg(long)]
+        advise: bool,
     },
     /// Take a node or one card out of service (manual quarantine).
     Cordon {
@@ -73,6 +102,10 @@ enum Command {
         /// Keep the demo's SQLite store in this directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve the embedded controller's HTTP API and dashboard here
+        /// (default: a free port on 127.0.0.1).
+        #[arg(long, env = "VIGIL_DEMO_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Load generator: many simulated agents against a controller.
     Bench {
@@ -97,6 +130,11 @@ enum Command {
         /// Store URL for the controller under test.
         #[arg(long)]
         store: Option<String>,
+        /// After the ingest measurement, run one job across every node,
+        /// inject XID 79 on one card, and time detection and the recovery
+        /// orders (one extra spare agent takes the failed node's place).
+        #[arg(long)]
+        recovery: bool,
     },
 }
 
@@ -156,18 +194,26 @@ fn settings(cli: &Cli) -> anyhow::Result<(String, Output)> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+        return Ok(());
+    }
     let (controller, out) = settings(&cli)?;
     match cli.command {
+        Command::Completions { .. } => Ok(()),
         Command::Demo {
             scenario,
             speed,
             data_dir,
+            http_listen,
         } => {
             let report = demo::run(DemoOptions {
                 scenario,
                 speed,
                 output: out,
                 data_dir,
+                http_listen,
             })
             .await?;
             if out == Output::Json {
@@ -183,8 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration_s,
             controller_bin,
             store,
+            recovery,
         } => {
             let r = bench::run(BenchOptions {
+                recovery,
                 nodes,
                 cards,
                 hz,
@@ -198,10 +246,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&r);
             }
             let v = serde_json::to_value(&r)?;
-            let rows: Vec<Vec<String>> = v
-                .as_object()
+            // Nested objects (the recovery timing) become `outer.inner` rows.
+            let mut flat: Vec<(String, &Value)> = Vec::new();
+            for (k, v) in v.as_object().into_iter().flatten() {
+                match v.as_object() {
+                    Some(inner) => {
+                        flat.extend(inner.iter().map(|(ik, iv)| (format!("{k}.{ik}"), iv)))
+                    }
+                    None => flat.push((k.clone(), v)),
+                }
+            }
+            let rows: Vec<Vec<String>> = flat
                 .into_iter()
-                .flatten()
                 .map(|(k, v)| {
                     let val = match v {
                         Value::Number(n) if n.is_f64() => {
@@ -210,10 +266,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    vec![k.clone(), val]
+                    vec![k, val]
                 })
                 .collect();
-            print!("{}", vigil_cli::table::render(&["METRIC", "VALUE"], &rows));
+            print!(
+                "{}",
+                vigil_cli::table::render_with(&["METRIC", "VALUE"], &rows, Style::detect())
+            );
             Ok(())
         }
         Command::Cordon { target, reason } => {
@@ -251,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match out {
                 Output::Json => print_json(&v),
                 Output::Table => {
-                    print!("{}", view::nodes(array(&v), now_ms()));
+                    print!("{}", view::nodes(array(&v), now_ms(), Style::detect()));
                     Ok(())
                 }
             }
@@ -262,7 +321,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match out {
                 Output::Json => print_json(&v),
                 Output::Table => {
-                    print!("{}", view::jobs(array(&v), now_ms()));
+                    print!("{}", view::jobs(array(&v), now_ms(), Style::detect()));
+                    Ok(())
+                }
+            }
+        }
+        Command::Ledger {
+            job,
+            since,
+            until,
+            by,
+            advise,
+        } => {
+            let c = Client::new(&controller)?;
+            if advise {
+                let v = c.get("/api/v1/ledger/advice").await?;
+                return match out {
+                    Output::Json => print_json(&v),
+                    Output::Table => {
+                        print!("{}", view::advice(array(&v)));
+                        Ok(())
+                    }
+                };
+            }
+            let mut q = Vec::new();
+            if let Some(j) = job {
+                vigil_core::JobId::new(j.clone()).map_err(|e| anyhow::anyhow!("--job: {e}"))?;
+                q.push(format!("job={j}"));
+            }
+            for (name, t) in [("since", since), ("until", until)] {
+                if let Some(t) = t {
+                    vigil_core::Timestamp::parse_rfc3339(&t)
+                        .map_err(|e| anyhow::anyhow!("--{name}: {e}"))?;
+                    q.push(format!("{name}={}", t.replace('+', "%2B")));
+                }
+            }
+            if let Some(b) = by {
+                q.push(format!("by={b}"));
+            }
+            let path = if q.is_empty() {
+                "/api/v1/ledger".to_owned()
+            } else {
+                format!("/api/v1/ledger?{}", q.join("&"))
+            };
+            let v = c.get(&path).await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => {
+                    print!("{}", view::ledger(array(&v), Style::detect()));
                     Ok(())
                 }
             }
@@ -274,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return match out {
                     Output::Json => print_json(&v),
                     Output::Table => {
-                        print!("{}", view::incident(&v));
+                        print!("{}", view::incident(&v, Style::detect()));
                         Ok(())
                     }
                 };
@@ -300,7 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if array(&v).is_empty() {
                         println!("no incidents");
                     } else {
-                        print!("{}", view::incidents(array(&v)));
+                        print!("{}", view::incidents(array(&v), Style::detect()));
                     }
                     Ok(())
                 }
@@ -308,13 +414,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watch { from } => {
             let c = Client::new(&controller)?;
+            let width = Style::detect().width;
             c.watch(from, |id, kind, data| {
                 match out {
                     Output::Json => println!("{data}"),
                     Output::Table => {
                         let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
                         let at = v["at"].as_str().unwrap_or("");
-                        println!("{id:>8} {at:<24} {kind:<18} {}", v["data"]);
+                        let line = format!("{id:>8} {at:<24} {kind:<18} {}", v["data"]);
+                        match width {
+                            Some(w) if line.chars().count() > w => {
+                                let cut: String = line.chars().take(w.saturating_sub(1)).collect();
+                                println!("{cut}…");
+                            }
+                            _ => println!("{line}"),
+                        }
                     }
                 }
                 true

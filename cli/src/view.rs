@@ -1,6 +1,6 @@
 //! Turning API documents into table rows.
 
-use crate::table::render;
+use crate::table::{Style, render_with};
 use serde_json::Value;
 
 fn s(v: &Value, key: &str) -> String {
@@ -19,7 +19,7 @@ fn age(now_ms: i64, then: Option<i64>) -> String {
 }
 
 /// `vigil nodes`: one row per node, then one per card that is not healthy.
-pub fn nodes(list: &[Value], now_ms: i64) -> String {
+pub fn nodes(list: &[Value], now_ms: i64, style: Style) -> String {
     let mut rows = Vec::new();
     let mut cards = Vec::new();
     for n in list {
@@ -75,19 +75,24 @@ pub fn nodes(list: &[Value], now_ms: i64) -> String {
             ]);
         }
     }
-    let mut out = render(
+    let mut out = render_with(
         &["NODE", "STATE", "JOB", "HEALTHY", "SEEN", "EVIDENCE"],
         &rows,
+        style,
     );
     if !cards.is_empty() {
         out.push('\n');
-        out.push_str(&render(&["CARD", "MODEL", "HEALTH", "EVIDENCE"], &cards));
+        out.push_str(&render_with(
+            &["CARD", "MODEL", "HEALTH", "EVIDENCE"],
+            &cards,
+            style,
+        ));
     }
     out
 }
 
 /// `vigil jobs`.
-pub fn jobs(list: &[Value], now_ms: i64) -> String {
+pub fn jobs(list: &[Value], now_ms: i64, style: Style) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|j| {
@@ -114,7 +119,7 @@ pub fn jobs(list: &[Value], now_ms: i64) -> String {
             ]
         })
         .collect();
-    render(
+    render_with(
         &[
             "JOB",
             "STATE",
@@ -124,11 +129,12 @@ pub fn jobs(list: &[Value], now_ms: i64) -> String {
             "LAST PROGRESS",
         ],
         &rows,
+        style,
     )
 }
 
 /// `vigil history`.
-pub fn incidents(list: &[Value]) -> String {
+pub fn incidents(list: &[Value], style: Style) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
@@ -153,16 +159,30 @@ pub fn incidents(list: &[Value]) -> String {
             ]
         })
         .collect();
-    render(
+    render_with(
         &[
             "ID", "KIND", "STATE", "JOB", "WHERE", "RANK", "SIGNAL", "ACTION", "DETECTED",
         ],
         &rows,
+        style,
     )
 }
 
+/// How long a phase took, from its RFC 3339 `start` and `end`.
+fn duration(p: &Value) -> String {
+    let t = |k: &str| {
+        p[k].as_str()
+            .and_then(|x| vigil_core::Timestamp::parse_rfc3339(x).ok())
+    };
+    match (t("start"), t("end")) {
+        (Some(a), Some(b)) => format!("{:.3}s", (b.0 - a.0) as f64 / 1000.0),
+        (Some(_), None) => "open".to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
 /// `vigil history show ID`.
-pub fn incident(i: &Value) -> String {
+pub fn incident(i: &Value, style: Style) -> String {
     let c = &i["cause"];
     let mut out = format!(
         "{}  {}  {}\njob:     {}\ncause:   node {} card {} rank {} signal {}\naction:  {}\ndetected {}\nresolved {}\n",
@@ -183,14 +203,141 @@ pub fn incident(i: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| vec![s(p, "name"), s(p, "start"), s(p, "end")])
+        .map(|p| vec![s(p, "name"), s(p, "start"), s(p, "end"), duration(p)])
         .collect();
-    out.push_str(&render(&["PHASE", "START", "END"], &rows));
+    out.push_str(&render_with(
+        &["PHASE", "START", "END", "DURATION"],
+        &rows,
+        style,
+    ));
     out.push_str("\nevidence:\n");
     for e in i["evidence"].as_array().into_iter().flatten() {
         out.push_str("  ");
         out.push_str(e.as_str().unwrap_or_default());
         out.push('\n');
+    }
+    out
+}
+
+const LOSSES: [(&str, &str); 7] = [
+    ("detection", "DETECT"),
+    ("recovery", "RECOVERY"),
+    ("rolled_back", "ROLLBACK"),
+    ("straggler", "STRAGGLER"),
+    ("waiting_for_capacity", "WAITING"),
+    ("checkpoint", "CKPT"),
+    ("other", "OTHER"),
+];
+
+fn hours(v: &Value) -> String {
+    v.as_f64().map_or("-".to_owned(), |h| format!("{h:.3}"))
+}
+
+/// `vigil ledger`: card-hours per job (or losses per node, card, model or
+/// cause, by the shape of the entries).
+pub fn ledger(list: &[Value], style: Style) -> String {
+    let Some(first) = list.first() else {
+        return "no ledger entries\n".to_owned();
+    };
+    if first.get("job").is_some() {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|e| {
+                let mut row = vec![
+                    s(e, "job"),
+                    hours(&e["allocated_card_hours"]),
+                    hours(&e["effective_card_hours"]),
+                    e["ettr"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |x| format!("{:.1}%", x * 100.0)),
+                ];
+                row.extend(LOSSES.iter().map(|(k, _)| hours(&e["lost_card_hours"][k])));
+                row
+            })
+            .collect();
+        let mut headers = vec!["JOB", "ALLOCATED", "EFFECTIVE", "ETTR"];
+        headers.extend(LOSSES.iter().map(|(_, h)| *h));
+        let mut out = render_with(&headers, &rows, style);
+        out.push_str("(card-hours)\n");
+        return out;
+    }
+    if first.get("cause").is_some() {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|e| {
+                vec![
+                    s(e, "cause"),
+                    hours(&e["card_hours"]),
+                    e["share"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |x| format!("{:.1}%", x * 100.0)),
+                ]
+            })
+            .collect();
+        return render_with(&["CAUSE", "CARD-HOURS", "SHARE"], &rows, style);
+    }
+    let field = ["node", "card", "model"]
+        .into_iter()
+        .find(|f| first.get(*f).is_some())
+        .unwrap_or("node");
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let mut row = vec![s(e, field), hours(&e["lost_card_hours_total"])];
+            row.extend(LOSSES.iter().map(|(k, _)| hours(&e["lost_card_hours"][k])));
+            row.push(
+                e["incidents"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+            );
+            row
+        })
+        .collect();
+    let upper = field.to_uppercase();
+    let mut headers = vec![upper.as_str(), "LOST"];
+    headers.extend(LOSSES.iter().map(|(_, h)| *h));
+    headers.push("INCIDENTS");
+    let mut out = render_with(&headers, &rows, style);
+    out.push_str("(card-hours lost, by what caused them)\n");
+    out
+}
+
+/// `vigil ledger --advise`.
+pub fn advice(list: &[Value]) -> String {
+    if list.is_empty() {
+        return "no advice yet: a job needs at least one checkpoint on record\n".to_owned();
+    }
+    let mut out = String::new();
+    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1}"));
+    for a in list {
+        out.push_str(&format!(
+            "{}: checkpoint every {} s (now {} s)\n  observed: MTBF {} s, checkpoint cost {} s, restart cost {} s\n",
+            s(a, "job"),
+            f(&a["optimal_interval_s"]),
+            f(&a["current_interval_s"]),
+            f(&a["mtbf_s"]),
+            f(&a["checkpoint_cost_s"]),
+            f(&a["restart_cost_s"]),
+        ));
+        let pct = |v: &Value| {
+            v.as_f64()
+                .map_or("-".to_owned(), |x| format!("{:.2}%", x * 100.0))
+        };
+        out.push_str(&format!(
+            "  expected ETTR {} now, {} at the optimum (gain {} points)\n",
+            pct(&a["expected_ettr_now"]),
+            pct(&a["expected_ettr_optimal"]),
+            pct(&a["expected_gain"]),
+        ));
+        if let Some(n) = a["note"].as_str() {
+            out.push_str(&format!("  note: {n}\n"));
+        }
     }
     out
 }

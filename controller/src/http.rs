@@ -36,6 +36,9 @@ pub fn router(state: StateHandle, store: Store) -> Router {
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/events", get(events))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/ledger", get(ledger))
+        .route("/api/v1/ledger/advice", get(ledger_advice))
+        .route("/metrics", get(metrics))
         .route("/api/v1/cordon", axum::routing::post(cordon))
         .route("/api/v1/uncordon", axum::routing::post(uncordon))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
@@ -273,6 +276,8 @@ async fn incident(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<u64>,
+    /// Begin with a `snapshot` event of the current state, then deltas.
+    snapshot: Option<bool>,
 }
 
 /// One item of a feed stream.
@@ -363,9 +368,30 @@ async fn events(
         }
         None => q.after.unwrap_or(0),
     };
+    // A snapshot only for a fresh start: a client that resumes with
+    // Last-Event-ID already has the state and wants the deltas.
+    let want_snapshot = q.snapshot.unwrap_or(false) && from_header.is_none();
+    if want_snapshot && q.after.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "snapshot=true starts from the current state; it cannot be combined with after",
+        );
+    }
+    let (first, after) = if want_snapshot {
+        match snapshot(&ctx.state).await {
+            Some(ev) => {
+                let seq = ev.seq;
+                (Some(FeedItem::Event(Arc::new(ev))), seq)
+            }
+            None => return unavailable(),
+        }
+    } else {
+        (None, after)
+    };
     let Some(feed) = feed_stream(ctx.state.clone(), ctx.store.clone(), after).await else {
         return unavailable();
     };
+    let feed = futures_util::StreamExt::chain(futures_util::stream::iter(first), feed);
     let stream = tokio_stream::StreamExt::map(feed, |item| -> Result<Event, Infallible> {
         Ok(match item {
             FeedItem::Event(e) => Event::default()
@@ -387,6 +413,129 @@ async fn events(
     resp
 }
 
+/// Incidents a snapshot carries, newest first.
+const SNAPSHOT_INCIDENTS: usize = 500;
+
+/// The current state as one feed event whose `seq` is the newest feed event
+/// it reflects: nodes, jobs and the newest incidents, taken in one step of
+/// the state task, so the deltas after `seq` continue it exactly.
+async fn snapshot(state: &StateHandle) -> Option<FeedEvent> {
+    let stats = state.stats.clone();
+    state
+        .query(move |c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let seq = stats.feed_seq.load(Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            FeedEvent {
+                seq,
+                at: Timestamp(now),
+                kind: "snapshot".to_owned(),
+                data: json!({
+                    "nodes": c.nodes().collect::<Vec<_>>(),
+                    "jobs": c.jobs().collect::<Vec<_>>(),
+                    "incidents": c.incidents().rev().take(SNAPSHOT_INCIDENTS).collect::<Vec<_>>(),
+                }),
+            }
+        })
+        .await
+}
+
+async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    // Prometheus asks for OpenMetrics in its Accept header; anything else
+    // gets the classic text format.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS
+    } else {
+        crate::metrics::PROMETHEUS_TEXT
+    };
+    match crate::metrics::render(&ctx.state, openmetrics).await {
+        Some(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        None => unavailable(),
+    }
+}
+
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerQuery {
+    job: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    by: Option<String>,
+}
+
+fn wall_now_ms() -> vigil_core::Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as vigil_core::Millis)
+}
+
+/// `GET /api/v1/ledger`: allocated versus effective card-hours, with the
+/// losses by cause; `by` groups by job (default), node, card, model or cause.
+async fn ledger(
+    State(ctx): State<Ctx>,
+    q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let time = |name: &str, v: Option<&str>| -> Result<Option<vigil_core::Millis>, String> {
+        v.map(Timestamp::parse_rfc3339)
+            .transpose()
+            .map(|t| t.map(|t| t.0))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let since = match time("since", q.since.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let until = match time("until", q.until.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let by = match q
+        .by
+        .as_deref()
+        .unwrap_or("job")
+        .parse::<vigil_core::ledger::GroupBy>()
+    {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let job = match q.job.map(vigil_core::JobId::new).transpose() {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("job: {e}")),
+    };
+    let now = wall_now_ms();
+    match ctx
+        .state
+        .query(move |c| {
+            let rows = c.ledger().rows(now, since, until);
+            vigil_core::ledger::report(&rows, by, job.as_ref())
+        })
+        .await
+    {
+        Some(v) => axum::Json(v).into_response(),
+        None => unavailable(),
+    }
+}
+
+/// `GET /api/v1/ledger/advice`: the checkpoint interval that maximizes ETTR.
+async fn ledger_advice(State(ctx): State<Ctx>) -> Response {
+    let now = wall_now_ms();
+    match ctx.state.query(move |c| c.ledger().advise(now)).await {
+        Some(v) => axum::Json(v).into_response(),
+        None => unavailable(),
+    }
 }

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "kubernetes")]
 mod kube;
+pub mod metrics;
 pub mod state;
 pub mod store;
 
@@ -91,6 +92,9 @@ pub async fn start(cfg: ControllerConfig) -> anyhow::Result<Running> {
         );
     }
     cluster.restore_recoveries(recoveries);
+    cluster.restore_checkpoints(store.checkpoints().await?);
+    let (ledger_rows, cursors) = store.ledger().await?;
+    cluster.restore_ledger(ledger_rows, cursors);
     let feed_seq = store.max_feed_seq().await?;
     let state = state::spawn(cluster, store.clone(), feed_seq, cfg.actions.clone());
 

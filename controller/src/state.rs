@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 use vigil_core::cluster::{ActionRequest, Cluster, Effect, Input, Registration};
 use vigil_core::incident::Incident;
+use vigil_core::ledger::{Cursor, LedgerRow};
 use vigil_core::model::{AgentEvent, Heartbeat};
 use vigil_core::{Millis, NodeId};
 use vigil_proto::v1 as pb;
@@ -52,6 +53,8 @@ pub struct ControllerStats {
     pub events: AtomicU64,
     pub duplicate_events: AtomicU64,
     pub rejected: AtomicU64,
+    /// Sequence number of the newest feed event.
+    pub feed_seq: AtomicU64,
 }
 
 type QueryFn = Box<dyn FnOnce(&Cluster) + Send>;
@@ -175,6 +178,12 @@ impl StateHandle {
             .unwrap_or_else(|_| Err("controller is shutting down".to_owned()))
     }
 
+    /// Messages waiting for the state task, and the queue's capacity.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let max = self.tx.max_capacity();
+        (max.saturating_sub(self.tx.capacity()), max)
+    }
+
     pub async fn subscribe(&self) -> Option<Subscription> {
         let (otx, orx) = oneshot::channel();
         if !self.send(Msg::Subscribe(otx)).await {
@@ -187,6 +196,7 @@ impl StateHandle {
 enum Persist {
     Feed(FeedRow),
     Incident(Box<Incident>),
+    Ledger(Vec<LedgerRow>, Vec<Cursor>),
 }
 
 /// Starts the state task over `cluster` (already restored from the store).
@@ -196,6 +206,7 @@ pub fn spawn(cluster: Cluster, store: Store, feed_seq: u64, actions: ActionsConf
     let (tx, rx) = mpsc::channel(16_384);
     let (ptx, prx) = mpsc::channel(65_536);
     let stats = Arc::new(ControllerStats::default());
+    stats.feed_seq.store(feed_seq, Ordering::Relaxed);
     tokio::spawn(persister(store, prx));
     let (live, _) = broadcast::channel(4096);
     let task = StateTask {
@@ -398,6 +409,27 @@ impl StateTask {
                     }
                 }
                 Effect::Action(req) => self.act(*req),
+                Effect::Checkpoint { job, state } => {
+                    // Before any restore could name it: written at once.
+                    if let Err(e) = self.store.save_checkpoint(&job, &state).await {
+                        tracing::error!(%job, error = %e, "cannot store the checkpoint");
+                    }
+                }
+                Effect::NodeRole { node, job, spare } => {
+                    if let Err(e) = self.store.set_node_role(&node, job.as_ref(), spare).await {
+                        tracing::error!(%node, error = %e, "cannot store the node's role");
+                    }
+                }
+                Effect::Ledger { rows, cursors } => {
+                    if self
+                        .persist
+                        .send(Persist::Ledger(rows, cursors))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!("the persister is gone; ledger not stored");
+                    }
+                }
                 Effect::Worker { node, command } if self.shadow => {
                     let data = serde_json::json!({ "action": "worker_order", "node": node, "order": format!("{command:?}") });
                     self.publish("action_shadow", data, now).await;
@@ -481,6 +513,7 @@ impl StateTask {
 
     async fn publish(&mut self, kind: &str, data: serde_json::Value, now: Millis) {
         self.feed_seq += 1;
+        self.stats.feed_seq.store(self.feed_seq, Ordering::Relaxed);
         let ev = Arc::new(FeedEvent {
             seq: self.feed_seq,
             at: vigil_core::Timestamp(now),
@@ -522,6 +555,8 @@ pub fn event_ack(seq: u64) -> pb::ControllerMessage {
 async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
     let mut feed = Vec::new();
     let mut incidents: Vec<Incident> = Vec::new();
+    let mut ledger: std::collections::BTreeMap<String, LedgerRow> = Default::default();
+    let mut cursors: std::collections::BTreeMap<String, Cursor> = Default::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(p) = next {
@@ -530,6 +565,17 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
                 Persist::Incident(i) => {
                     incidents.retain(|x| x.id != i.id);
                     incidents.push(*i);
+                }
+                Persist::Ledger(rows, cs) => {
+                    // Absolute values: the newest of each row wins.
+                    for r in rows {
+                        let key =
+                            format!("{}|{}|{:?}|{:?}", r.job, r.bucket_ms, r.category, r.culprit);
+                        ledger.insert(key, r);
+                    }
+                    for c in cs {
+                        cursors.insert(c.job.to_string(), c);
+                    }
                 }
             }
             if feed.len() + incidents.len() >= 512 {
@@ -542,6 +588,11 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
         }
         if let Err(e) = store.append_feed(&feed).await {
             tracing::error!(error = %e, "cannot persist the feed");
+        }
+        let rows: Vec<LedgerRow> = std::mem::take(&mut ledger).into_values().collect();
+        let cs: Vec<Cursor> = std::mem::take(&mut cursors).into_values().collect();
+        if let Err(e) = store.save_ledger(&rows, &cs).await {
+            tracing::error!(error = %e, "cannot persist the ledger");
         }
         feed.clear();
         incidents.clear();

@@ -84,6 +84,11 @@ const SCHEMA: &[&str] = &[
         culprit_json TEXT NOT NULL,
         card_ms BIGINT NOT NULL,
         PRIMARY KEY (job, bucket_ms, category, culprit_json))",
+    "CREATE TABLE IF NOT EXISTS checkpoints (
+        job TEXT NOT NULL,
+        step BIGINT NOT NULL,
+        body_json TEXT NOT NULL,
+        PRIMARY KEY (job, step))",
     "CREATE TABLE IF NOT EXISTS ledger_cursors (
         job TEXT PRIMARY KEY,
         body_json TEXT NOT NULL)",
@@ -179,6 +184,62 @@ impl Store {
     }
 
     /// Records a node's registration.
+    /// Stores a complete (or invalid) checkpoint of a job.
+    pub async fn save_checkpoint(
+        &self,
+        job: &vigil_core::JobId,
+        c: &vigil_core::cluster::CheckpointState,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO checkpoints (job, step, body_json) VALUES ($1, $2, $3)
+             ON CONFLICT (job, step) DO UPDATE SET body_json = excluded.body_json",
+        )
+        .bind(job.as_str())
+        .bind(c.step as i64)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stored checkpoints, oldest first per job.
+    pub async fn checkpoints(
+        &self,
+    ) -> Result<Vec<(vigil_core::JobId, vigil_core::cluster::CheckpointState)>, StoreError> {
+        let rows = sqlx::query("SELECT job, body_json FROM checkpoints ORDER BY job, step")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let job: String = r.try_get(0)?;
+                let body: String = r.try_get(1)?;
+                Ok((
+                    vigil_core::JobId::new(job)
+                        .map_err(|e| StoreError::Corrupt(format!("checkpoint job: {e}")))?,
+                    serde_json::from_str(&body)
+                        .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}")))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Stores the role a recovery gave a node (its job, whether it is a spare).
+    pub async fn set_node_role(
+        &self,
+        node: &vigil_core::NodeId,
+        job: Option<&vigil_core::JobId>,
+        spare: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET job = $1, spare = $2 WHERE id = $3")
+            .bind(job.map(|j| j.as_str().to_owned()))
+            .bind(i64::from(spare))
+            .bind(node.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn upsert_node(&self, reg: &Registration, now: Millis) -> Result<(), StoreError> {
         let cards =
             serde_json::to_string(&reg.cards).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -168,6 +168,9 @@ pub struct NodeState {
     pub cordoned: Option<String>,
     /// The agent runs the job's workers and obeys worker orders.
     pub supervises: bool,
+    /// A recovery (or the store) set this node's job and spare role.
+    #[serde(skip)]
+    pub role_assigned: bool,
 }
 
 /// One rank of a job.
@@ -193,7 +196,7 @@ pub enum JobRunState {
 }
 
 /// A checkpoint and which ranks have reported writing it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct CheckpointState {
     pub step: u64,
     pub path: String,
@@ -376,6 +379,16 @@ pub enum Effect {
     /// Ask the configured action back-ends (exec hook, Slurm, Kubernetes)
     /// to act.
     Action(Box<ActionRequest>),
+    /// A checkpoint became complete or invalid: store it, so a restarted
+    /// controller still knows what to restore from.
+    Checkpoint { job: JobId, state: CheckpointState },
+    /// A recovery changed a node's role (a spare joined a job, a replaced
+    /// node left it): store it, so it survives a controller restart.
+    NodeRole {
+        node: NodeId,
+        job: Option<JobId>,
+        spare: bool,
+    },
     /// Store these ledger amounts and cursors (absolute values; replace).
     Ledger {
         rows: Vec<LedgerRow>,
@@ -479,6 +492,8 @@ impl Cluster {
         self.grace_until = now + self.cfg.restart_grace_ms;
         for reg in nodes {
             let mut node = new_node(reg, now);
+            // The stored role is the one Vigil last decided.
+            node.role_assigned = true;
             node.connected = false;
             node.awaiting_reconnect = true;
             node.liveness = Liveness::Suspect {
@@ -557,6 +572,18 @@ impl Cluster {
         Ok(fx)
     }
 
+    /// Checkpoints stored by a previous controller: they join each job's
+    /// catalog when the job appears (the newest per job are kept).
+    pub fn restore_checkpoints(&mut self, checkpoints: Vec<(JobId, CheckpointState)>) {
+        for (job, c) in checkpoints {
+            let p = self.pending_catalog.entry(job).or_default();
+            p.insert(c.step, c);
+            while p.len() > PENDING_CATALOG {
+                p.pop_first();
+            }
+        }
+    }
+
     /// The goodput ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -599,6 +626,23 @@ impl Cluster {
                     reg.job = None;
                 }
             }
+        }
+        // The same agent process reconnecting (same boot id) keeps the role
+        // a recovery gave its node (a spare now running the job, a replaced
+        // node out of it), also after a controller restart: its flags still
+        // say what it was started as. A new boot starts from its flags.
+        if let Some(n) = self.nodes.get(&reg.node)
+            && n.boot_id == reg.boot_id
+            && n.role_assigned
+            && (n.job != reg.job || n.spare != reg.spare)
+        {
+            reg.job = n.job.clone();
+            reg.spare = n.spare;
+            fx.push(Effect::NodeRole {
+                node: reg.node.clone(),
+                job: reg.job.clone(),
+                spare: reg.spare,
+            });
         }
         let id = reg.node.clone();
         let data = json!({
@@ -1218,6 +1262,7 @@ impl Cluster {
         let cs = catalog
             .entry(c.step)
             .or_insert_with(|| CheckpointState::new(c.step, c.path.clone()));
+        let before = cs.clone();
         if let Some(why) = &c.invalid
             && cs.invalid.is_none()
         {
@@ -1236,6 +1281,12 @@ impl Cluster {
                     data: json!({ "job": c.job, "step": c.step, "path": cs.path, "source": cs.source }),
                 });
             }
+        }
+        if *cs != before && (cs.complete || cs.invalid.is_some()) {
+            fx.push(Effect::Checkpoint {
+                job: c.job.clone(),
+                state: cs.clone(),
+            });
         }
     }
 
@@ -1366,6 +1417,10 @@ impl Cluster {
                 c.ranks.insert(rank);
                 if !c.complete && c.ranks.len() as u32 >= world {
                     c.complete = true;
+                    fx.push(Effect::Checkpoint {
+                        job: job_id.clone(),
+                        state: c.clone(),
+                    });
                     if c.invalid.is_none() {
                         fx.push(Effect::Feed {
                             kind: "checkpoint_complete",
@@ -1442,11 +1497,8 @@ impl Cluster {
                 fx,
             );
             let culprit = self.culprit(id, &cause);
-            self.ledger.straggler(
-                job_id,
-                Some(culprit),
-                self.cfg.workload.straggler_window,
-            );
+            self.ledger
+                .straggler(job_id, Some(culprit), self.cfg.workload.straggler_window);
             if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
                 && c.health == CardHealth::Healthy
             {
@@ -1780,6 +1832,7 @@ fn new_node(reg: Registration, now: Millis) -> NodeState {
         awaiting_reconnect: false,
         cordoned: None,
         supervises: reg.supervises,
+        role_assigned: false,
     }
 }
 

@@ -311,3 +311,59 @@ pub fn blocking_post(url: &str, body: &str) -> u16 {
     .flatten()
     .unwrap_or(0)
 }
+
+/// An external program the test needs, found on `PATH` under any of
+/// `names`. When it is missing, the test prints `SKIPPED: <name> not
+/// installed` and gets `None`, so it can pass without it; but with `CI`
+/// set in the environment a missing program fails the test.
+pub fn tool(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let name = names.first().copied().unwrap_or("tool");
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{name} not installed, and CI is set: install it (see .ci/run)");
+    }
+    println!("SKIPPED: {name} not installed");
+    None
+}
+
+/// `target/test-artifacts/`, created: screenshots and other files a test
+/// leaves for people to look at.
+pub fn artifacts_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+impl Proc {
+    /// Starts any program (not a workspace binary), output to `log`.
+    pub fn spawn_program(program: &std::path::Path, args: &[&str], log: &std::path::Path) -> Proc {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc {
+            child,
+            name: program.display().to_string(),
+        }
+    }
+}

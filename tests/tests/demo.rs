@@ -18,7 +18,7 @@ fn demo(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn the_default_scenario_attributes_every_fault() {
-    let (code, stdout, stderr) = demo(&["-o", "json", "--speed", "4"]);
+    let (code, stdout, stderr) = demo(&["-o", "json", "--speed", "2"]);
     assert_eq!(code, 0, "stderr: {stderr}");
     let r: serde_json::Value = serde_json::from_str(&stdout).expect("the report is JSON");
     let incidents = r["incidents"].as_array().expect("incidents");

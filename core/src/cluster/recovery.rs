@@ -344,10 +344,22 @@ impl Cluster {
                     if let Some(n) = self.nodes.get_mut(&spare) {
                         n.job = Some(job.clone());
                         n.spare = false;
+                        n.role_assigned = true;
                     }
                     if let Some(n) = self.nodes.get_mut(&old) {
                         n.job = None;
+                        n.role_assigned = true;
                     }
+                    fx.push(Effect::NodeRole {
+                        node: spare.clone(),
+                        job: Some(job.clone()),
+                        spare: false,
+                    });
+                    fx.push(Effect::NodeRole {
+                        node: old.clone(),
+                        job: None,
+                        spare: self.nodes.get(&old).is_some_and(|n| n.spare),
+                    });
                     replaced.push((old.clone(), spare.clone()));
                     if let Some(rec) = self.recoveries.get_mut(job) {
                         rec.replacements.insert(old, spare);

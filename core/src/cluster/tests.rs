@@ -1306,3 +1306,87 @@ fn shadow_mode_records_the_plan_and_orders_nothing() {
         inc[0].evidence
     );
 }
+
+#[test]
+fn a_spare_keeps_its_job_across_a_controller_restart() {
+    let mut c = cluster();
+    let reg = |name: &str, spare: bool| Registration {
+        node: node(name),
+        boot_id: format!("boot-{name}"),
+        cards: cards(8),
+        spare,
+        job: (!spare).then(|| job("pretrain")),
+        supervises: true,
+    };
+    for (n, spare) in [("n0", false), ("s0", true)] {
+        c.apply(Input::Register(reg(n, spare)), 0)
+            .expect("register");
+    }
+    for r in 0..8 {
+        start(&mut c, "n0", r, r, 8, 1);
+    }
+    let fx = ev(&mut c, "n0", xid(3, 79), 2);
+    let roles: Vec<(NodeId, Option<JobId>, bool)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::NodeRole { node, job, spare } => Some((node.clone(), job.clone(), *spare)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        roles.contains(&(node("s0"), Some(job("pretrain")), false)),
+        "{roles:?}"
+    );
+    assert!(roles.contains(&(node("n0"), None, false)), "{roles:?}");
+    // The controller restarts with the stored roles; the spare's agent
+    // reconnects with its flags (a spare, no job) and the same boot id.
+    let stored: Vec<Registration> = c
+        .nodes()
+        .map(|n| Registration {
+            node: n.id.clone(),
+            boot_id: n.boot_id.clone(),
+            cards: cards(8),
+            spare: n.spare,
+            job: n.job.clone(),
+            supervises: true,
+        })
+        .collect();
+    let mut after = cluster();
+    after.restore(stored, Vec::new(), 10);
+    let fx = after
+        .apply(Input::Register(reg("s0", true)), 11)
+        .expect("register");
+    let s0 = after.nodes().find(|n| n.id == node("s0")).expect("s0");
+    assert_eq!((s0.job.clone(), s0.spare), (Some(job("pretrain")), false));
+    assert!(fx.iter().any(|e| matches!(e, Effect::NodeRole { .. })));
+    // A new boot of the same agent starts from its flags again.
+    let mut fresh = reg("s0", true);
+    fresh.boot_id = "boot-2".into();
+    after.apply(Input::Register(fresh), 12).expect("register");
+    let s0 = after.nodes().find(|n| n.id == node("s0")).expect("s0");
+    assert_eq!((s0.job.clone(), s0.spare), (None, true));
+}
+
+#[test]
+fn stored_checkpoints_survive_a_controller_restart() {
+    let mut c = cluster();
+    reg(&mut c, "n0", 0);
+    for r in 0..2 {
+        start(&mut c, "n0", r, r, 2, 1);
+    }
+    let fx = ev(&mut c, "n0", watched(100, None), 2);
+    let stored: Vec<(JobId, CheckpointState)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Checkpoint { job, state } => Some((job.clone(), state.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1);
+    let mut after = cluster();
+    after.restore_checkpoints(stored);
+    reg(&mut after, "n0", 10);
+    start(&mut after, "n0", 0, 0, 2, 11);
+    let j = after.jobs().next().expect("job");
+    assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(100));
+}
