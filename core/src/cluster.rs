@@ -1408,7 +1408,7 @@ impl Cluster {
             }
             ProgressRecord::Checkpoint { step, path, .. } => {
                 job.timing.on_checkpoint(at);
-                self.ledger.checkpoint(&job_id);
+                self.ledger.checkpoint(&job_id, at);
                 let world = job.world_size;
                 let c = job
                     .checkpoints

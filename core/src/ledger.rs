@@ -112,6 +112,7 @@ enum Mode {
 /// Steps kept for rolling back and for the expected step time.
 const STEP_HISTORY: usize = 4096;
 const HEALTHY_WINDOW: usize = 16;
+const SLOW_WINDOW: usize = 8;
 
 /// A job's accounting position; stored, so a restarted controller goes on
 /// from it.
@@ -126,8 +127,14 @@ pub struct Cursor {
     /// An open straggler incident's culprit.
     straggler: Option<Culprit>,
     checkpoint_pending: bool,
+    /// When the first checkpoint report since the last step end arrived.
+    #[serde(default)]
+    checkpoint_at: Option<Millis>,
     /// Recent healthy step durations.
     healthy: VecDeque<Millis>,
+    /// Recent step durations while a straggler is open.
+    #[serde(default)]
+    slow: VecDeque<Millis>,
     /// Effective card-ms charged so far.
     effective_total: i64,
     /// Checkpoints saved and faults that stopped the job, for the advice.
@@ -138,11 +145,22 @@ pub struct Cursor {
     /// Consecutive steps off the expected pace.
     #[serde(default)]
     unusual: u32,
-    /// (step, end time, effective_total then) of the steps kept.
-    steps: VecDeque<(u64, Millis, i64)>,
+    /// (step, end time, effective_total then, a checkpoint was saved
+    /// during it) of the steps kept.
+    steps: VecDeque<(u64, Millis, i64, bool)>,
 }
 
 impl Cursor {
+    /// The median step time while the open straggler slows the job.
+    fn slow_step(&self) -> Option<Millis> {
+        if self.slow.is_empty() {
+            return None;
+        }
+        let mut v: Vec<Millis> = self.slow.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+
     fn expected_step(&self) -> Option<Millis> {
         if self.healthy.is_empty() {
             return None;
@@ -240,7 +258,9 @@ impl Ledger {
             culprit: Culprit::default(),
             straggler: None,
             checkpoint_pending: false,
+            checkpoint_at: None,
             healthy: VecDeque::new(),
+            slow: VecDeque::new(),
             effective_total: 0,
             checkpoints: 0,
             faults: 0,
@@ -258,6 +278,8 @@ impl Ledger {
         let d = at - c.last_ms;
         let expected = c.expected_step();
         let mut healthy_step = None;
+        let mut slow_step = None;
+        let mut checkpoint_step = false;
         let mut effective = 0;
         match c.mode {
             Mode::Recovery | Mode::Waiting => {
@@ -281,25 +303,61 @@ impl Ledger {
             }
             Mode::Running => {
                 let over = expected.map_or(0, |e| (d - e).max(0));
-                let (cat, culprit) = if c.checkpoint_pending {
-                    (Category::Checkpoint, Culprit::default())
-                } else if let Some(s) = &c.straggler {
-                    (Category::Straggler, s.clone())
+                // Split the time over the expected step between a
+                // checkpoint save and an open straggler.
+                let (ckpt, strag) = if c.checkpoint_pending {
+                    // A synchronous save blocks from the step end to its
+                    // report; an asynchronous one only for what the step
+                    // took over the expected time. While a straggler is
+                    // open the rest is its excess.
+                    let slow_over = match (&c.straggler, expected, c.slow_step()) {
+                        (Some(_), Some(e), Some(slow)) => (slow - e).clamp(0, over),
+                        _ => 0,
+                    };
+                    let ckpt = c
+                        .checkpoint_at
+                        .map_or(over - slow_over, |t| (t - c.last_ms).clamp(0, over));
+                    let strag = if c.straggler.is_some() {
+                        over - ckpt
+                    } else {
+                        0
+                    };
+                    (ckpt, strag)
+                } else if c.straggler.is_some() {
+                    slow_step = Some(d);
+                    (0, over)
                 } else {
                     healthy_step = Some(d);
-                    (Category::Effective, Culprit::default())
+                    (0, 0)
                 };
-                let lost = if cat == Category::Effective { 0 } else { over };
+                let straggler = c.straggler.clone().unwrap_or_default();
+                let e_end = at - ckpt - strag;
                 self.charge(
                     job,
                     c.cards,
                     c.last_ms,
-                    at - lost,
+                    e_end,
                     Category::Effective,
                     &Culprit::default(),
                 );
-                self.charge(job, c.cards, at - lost, at, cat, &culprit);
-                effective = (d - lost) * i64::from(c.cards);
+                self.charge(
+                    job,
+                    c.cards,
+                    e_end,
+                    at - ckpt,
+                    Category::Straggler,
+                    &straggler,
+                );
+                self.charge(
+                    job,
+                    c.cards,
+                    at - ckpt,
+                    at,
+                    Category::Checkpoint,
+                    &Culprit::default(),
+                );
+                checkpoint_step = c.checkpoint_pending;
+                effective = (e_end - c.last_ms) * i64::from(c.cards);
             }
             Mode::Ended => {}
         }
@@ -327,25 +385,35 @@ impl Ledger {
                 }
             }
         }
+        if let Some(d) = slow_step {
+            cur.slow.push_back(d);
+            if cur.slow.len() > SLOW_WINDOW {
+                cur.slow.pop_front();
+            }
+        }
         cur.mode = Mode::Running;
         cur.culprit = Culprit::default();
         cur.checkpoint_pending = false;
+        cur.checkpoint_at = None;
         cur.last_ms = at;
         cur.effective_total += effective;
-        while cur.steps.back().is_some_and(|(s, _, _)| *s >= step) {
+        while cur.steps.back().is_some_and(|(s, _, _, _)| *s >= step) {
             cur.steps.pop_back();
         }
-        cur.steps.push_back((step, at, cur.effective_total));
+        cur.steps
+            .push_back((step, at, cur.effective_total, checkpoint_step));
         if cur.steps.len() > STEP_HISTORY {
             cur.steps.pop_front();
         }
     }
 
-    /// A checkpoint was saved since the last step end.
-    pub fn checkpoint(&mut self, job: &JobId) {
+    /// A checkpoint was saved since the last step end; its report arrived
+    /// at `at`.
+    pub fn checkpoint(&mut self, job: &JobId, at: Millis) {
         if let Some(c) = self.cursors.get_mut(job) {
             if !c.checkpoint_pending {
                 c.checkpoints += 1;
+                c.checkpoint_at = (c.mode == Mode::Running && at >= c.last_ms).then_some(at);
             }
             c.checkpoint_pending = true;
             self.dirty_cursors.insert(job.clone());
@@ -368,7 +436,8 @@ impl Ledger {
             let mut excess = 0;
             for i in first..n {
                 let d = c.steps[i].1 - c.steps[i - 1].1;
-                if d * 100 > expected * 115 {
+                // A checkpoint step's excess is the checkpoint's already.
+                if !c.steps[i].3 && d * 100 > expected * 115 {
                     excess += (d - expected) * i64::from(c.cards);
                 }
                 cumulative.push((i, excess));
@@ -384,6 +453,9 @@ impl Ledger {
             }
         }
         if let Some(cur) = self.cursors.get_mut(job) {
+            if culprit.is_none() {
+                cur.slow.clear();
+            }
             cur.straggler = culprit;
         }
         self.dirty_cursors.insert(job.clone());
@@ -430,10 +502,24 @@ impl Ledger {
             return;
         }
         let fault_ms = fault_ms.clamp(c.last_ms, detected_ms);
+        // A checkpoint saved since the last step end blocked training
+        // until its report; only the rest of the step in flight is lost.
+        let saved = c
+            .checkpoint_at
+            .filter(|_| c.checkpoint_pending)
+            .map_or(c.last_ms, |t| t.clamp(c.last_ms, fault_ms));
         self.charge(
             job,
             c.cards,
             c.last_ms,
+            saved,
+            Category::Checkpoint,
+            &Culprit::default(),
+        );
+        self.charge(
+            job,
+            c.cards,
+            saved,
             fault_ms,
             Category::RolledBack,
             &culprit,
@@ -452,6 +538,7 @@ impl Ledger {
             cur.culprit = culprit;
             cur.last_ms = detected_ms;
             cur.checkpoint_pending = false;
+            cur.checkpoint_at = None;
         }
         self.dirty_cursors.insert(job.clone());
     }
@@ -509,8 +596,8 @@ impl Ledger {
             return;
         };
         let base = match from {
-            Some(s) => match c.steps.iter().find(|(st, _, _)| *st == s) {
-                Some((_, _, eff)) => *eff,
+            Some(s) => match c.steps.iter().find(|(st, _, _, _)| *st == s) {
+                Some((_, _, eff, _)) => *eff,
                 None => return,
             },
             None => 0,
@@ -523,7 +610,7 @@ impl Ledger {
         );
         if let Some(cur) = self.cursors.get_mut(job) {
             cur.effective_total = base;
-            while cur.steps.back().is_some_and(|(s, _, _)| Some(*s) > from) {
+            while cur.steps.back().is_some_and(|(s, _, _, _)| Some(*s) > from) {
                 cur.steps.pop_back();
             }
         }
@@ -874,7 +961,7 @@ mod tests {
         for s in 1..=10 {
             l.step(&j, 8, 0, s, s as i64 * 1000);
         }
-        l.checkpoint(&j);
+        l.checkpoint(&j, 12_000);
         l.step(&j, 8, 0, 11, 13_000); // 2 s checkpoint pause
         for s in 12..=15 {
             l.step(&j, 8, 0, s, 13_000 + (s as i64 - 11) * 1000);
@@ -963,7 +1050,7 @@ mod tests {
                 now += dt;
                 match op {
                     0 | 1 => { step += 1; l.step(&j, 8, 0, step, now); }
-                    2 => l.checkpoint(&j),
+                    2 => l.checkpoint(&j, now),
                     3 => l.fault(&j, now - dt / 2, now, culprit()),
                     4 => l.waiting(&j, now, dt % 2 == 0),
                     5 => { l.restored(&j, Some(step / 2)); step /= 2; }
@@ -1033,8 +1120,8 @@ mod tests {
                     t += 1000;
                     l.step(&j, 8, 0, step, t);
                 }
-                l.checkpoint(&j);
                 t += 10_000;
+                l.checkpoint(&j, t);
             }
             if cycle < 3 {
                 l.fault(&j, t, t, culprit());

@@ -207,7 +207,7 @@ fn ledger_checks(reports: &std::collections::BTreeMap<String, serde_json::Value>
     let within = |what: &str, a: f64, b: f64| {
         let off = (a - b).abs() / alloc;
         assert!(
-            off <= 0.01,
+            off <= 0.005,
             "ledger.toml: {what} {a:.4} vs truth {b:.4}: {:.2}% of allocated",
             off * 100.0
         );
