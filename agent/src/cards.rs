@@ -310,6 +310,10 @@ impl CardProbe for SimCards {
                     nvlink_total: 18,
                     probe_latency_us: 150 + (jitter * 100.0) as u32,
                     unreachable: false,
+                    pcie_link_gen: 5,
+                    pcie_link_gen_max: 5,
+                    pcie_replay: 0,
+                    nvlink_errors: 0,
                 }
             })
             .collect();

@@ -44,6 +44,10 @@ pub fn card_sample(s: &CardSample) -> pb::CardSample {
         nvlink_total: s.nvlink_total,
         probe_latency_us: s.probe_latency_us,
         unreachable: s.unreachable,
+        pcie_link_gen: s.pcie_link_gen,
+        pcie_link_gen_max: s.pcie_link_gen_max,
+        pcie_replay: s.pcie_replay,
+        nvlink_errors: s.nvlink_errors,
     }
 }
 

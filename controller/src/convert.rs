@@ -135,6 +135,10 @@ pub fn heartbeat(h: pb::Heartbeat, ncards: usize) -> Result<Heartbeat, Invalid> 
             nvlink_total: c.nvlink_total,
             probe_latency_us: c.probe_latency_us,
             unreachable: c.unreachable,
+            pcie_link_gen: c.pcie_link_gen,
+            pcie_link_gen_max: c.pcie_link_gen_max,
+            pcie_replay: c.pcie_replay,
+            nvlink_errors: c.nvlink_errors,
         });
     }
     Ok(Heartbeat {

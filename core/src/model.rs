@@ -40,7 +40,29 @@ pub struct CardSample {
     pub nvlink_total: u32,
     pub probe_latency_us: u32,
     pub unreachable: bool,
+    /// Current and maximum PCIe link generation (0: unknown).
+    #[serde(default)]
+    pub pcie_link_gen: u32,
+    #[serde(default)]
+    pub pcie_link_gen_max: u32,
+    /// PCIe replay counter (link-level retransmissions), cumulative.
+    #[serde(default)]
+    pub pcie_replay: u64,
+    /// NVLink data-link error counters (replay, recovery, CRC) summed over
+    /// the card's links, cumulative.
+    #[serde(default)]
+    pub nvlink_errors: u64,
 }
+
+/// A rise of the PCIe replay counter between two samples that counts as a
+/// degraded link.
+pub const PCIE_REPLAY_BURST: u64 = 100;
+/// A rise of the NVLink error counters between two samples that counts as
+/// an NVLink fault.
+pub const NVLINK_ERROR_BURST: u64 = 100;
+/// Utilization from which a link below its maximum generation is degraded
+/// (an idle card may downshift on purpose).
+pub const PCIE_GEN_BUSY_PERCENT: f32 = 50.0;
 
 /// Host-level readings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -268,6 +290,36 @@ pub fn sample_transitions(prev: Option<&CardSample>, cur: &CardSample) -> Vec<(S
             ),
         ));
     }
+    let gen_low = |x: &CardSample| {
+        x.pcie_link_gen > 0
+            && x.pcie_link_gen < x.pcie_link_gen_max
+            && x.utilization_percent >= PCIE_GEN_BUSY_PERCENT
+    };
+    if gen_low(cur) && (prev.is_none() || !gen_low(p)) {
+        out.push((
+            Signal::PcieDegraded,
+            format!(
+                "PCIe link gen {} of {} while busy",
+                cur.pcie_link_gen, cur.pcie_link_gen_max
+            ),
+        ));
+    }
+    if let Some(prev) = prev {
+        let replays = cur.pcie_replay.saturating_sub(prev.pcie_replay);
+        if replays >= PCIE_REPLAY_BURST {
+            out.push((
+                Signal::PcieDegraded,
+                format!("PCIe replay counter rose by {replays}"),
+            ));
+        }
+        let nvl = cur.nvlink_errors.saturating_sub(prev.nvlink_errors);
+        if nvl >= NVLINK_ERROR_BURST {
+            out.push((
+                Signal::Nvlink,
+                format!("NVLink error counters rose by {nvl}"),
+            ));
+        }
+    }
     const THERMAL_MASK: u64 = THROTTLE_HW_THERMAL | THROTTLE_SW_THERMAL | THROTTLE_HW_POWER_BRAKE;
     if cur.throttle_reasons & THERMAL_MASK != 0 && p.throttle_reasons & THERMAL_MASK == 0 {
         out.push((
@@ -324,6 +376,34 @@ mod transition_tests {
         assert_eq!(
             sample_transitions(Some(&healthy()), &hot)[0].0,
             Signal::Thermal
+        );
+        let mut slow_gen = healthy();
+        slow_gen.pcie_link_gen = 3;
+        slow_gen.pcie_link_gen_max = 5;
+        assert!(
+            sample_transitions(Some(&healthy()), &slow_gen).is_empty(),
+            "an idle card may downshift"
+        );
+        slow_gen.utilization_percent = 95.0;
+        let sig = sample_transitions(Some(&healthy()), &slow_gen);
+        assert_eq!(sig[0].0, Signal::PcieDegraded, "{sig:?}");
+        assert!(
+            sample_transitions(Some(&slow_gen), &slow_gen).is_empty(),
+            "once"
+        );
+        let mut replays = healthy();
+        replays.pcie_replay = 99;
+        assert!(sample_transitions(Some(&healthy()), &replays).is_empty());
+        replays.pcie_replay = 150;
+        assert_eq!(
+            sample_transitions(Some(&healthy()), &replays)[0].0,
+            Signal::PcieDegraded
+        );
+        let mut nvl = healthy();
+        nvl.nvlink_errors = 500;
+        assert_eq!(
+            sample_transitions(Some(&healthy()), &nvl)[0].0,
+            Signal::Nvlink
         );
         let mut narrow = healthy();
         narrow.pcie_link_width = 8;

@@ -20,6 +20,7 @@ use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
     EccCounter, MemoryError, RetirementCause, TemperatureSensor,
 };
+use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use std::ffi::OsStr;
@@ -154,12 +155,22 @@ impl NvmlProbe {
         .into_iter()
         .map(|c| dev.retired_pages(c).map(|p| p.len()).unwrap_or(0))
         .sum::<usize>();
-        let (mut up, mut total) = (0, 0);
+        let (mut up, mut total, mut nvlink_errors) = (0, 0, 0u64);
         for link in 0..MAX_NVLINKS {
-            match dev.link_wrapper_for(link).is_active() {
+            let wrapper = dev.link_wrapper_for(link);
+            match wrapper.is_active() {
                 Ok(active) => {
                     total += 1;
                     up += u32::from(active);
+                    for counter in [
+                        ErrorCounter::DlReplay,
+                        ErrorCounter::DlRecovery,
+                        ErrorCounter::DlCrcFlit,
+                        ErrorCounter::DlCrcData,
+                    ] {
+                        nvlink_errors = nvlink_errors
+                            .saturating_add(wrapper.error_counter(counter).unwrap_or(0));
+                    }
                 }
                 Err(_) => continue,
             }
@@ -184,6 +195,10 @@ impl NvmlProbe {
             nvlink_total: total,
             probe_latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
             unreachable: false,
+            pcie_link_gen: dev.current_pcie_link_gen().unwrap_or(0),
+            pcie_link_gen_max: dev.max_pcie_link_gen().unwrap_or(0),
+            pcie_replay: u64::from(dev.pcie_replay_counter().unwrap_or(0)),
+            nvlink_errors,
         }
     }
 }

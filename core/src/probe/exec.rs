@@ -74,6 +74,14 @@ struct CardDoc {
     #[serde(deserialize_with = "reading")]
     pcie_link_width_max: u32,
     #[serde(deserialize_with = "reading")]
+    pcie_link_gen: u32,
+    #[serde(deserialize_with = "reading")]
+    pcie_link_gen_max: u32,
+    #[serde(deserialize_with = "reading")]
+    pcie_replay: u64,
+    #[serde(deserialize_with = "reading")]
+    link_errors: u64,
+    #[serde(deserialize_with = "reading")]
     links_up: u32,
     #[serde(deserialize_with = "reading")]
     links_total: u32,
@@ -220,6 +228,10 @@ fn card(index: u32, vendor: &str, d: CardDoc) -> (CardInfo, CardSample) {
             nvlink_total: d.links_total,
             probe_latency_us: 0,
             unreachable: d.unreachable,
+            pcie_link_gen: d.pcie_link_gen,
+            pcie_link_gen_max: d.pcie_link_gen_max,
+            pcie_replay: d.pcie_replay,
+            nvlink_errors: d.link_errors,
         },
     )
 }

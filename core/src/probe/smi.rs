@@ -15,10 +15,12 @@ use crate::model::{CardInfo, CardSample};
 pub const QUERY: &str = "index,uuid,name,pci.bus_id,memory.total,memory.used,utilization.gpu,\
 temperature.gpu,power.draw,ecc.errors.uncorrected.volatile.total,\
 ecc.errors.corrected.volatile.total,retired_pages.pending,clocks_throttle_reasons.active,\
-pcie.link.width.current,pcie.link.width.max";
+pcie.link.width.current,pcie.link.width.max,pcie.link.gen.current,pcie.link.gen.max";
 
-/// The number of columns in a row.
-pub const COLUMNS: usize = 15;
+/// The number of columns in a row; rows without the last two (the PCIe
+/// generation, as older recordings and tools print them) are read too.
+pub const COLUMNS: usize = 17;
+const COLUMNS_WITHOUT_GEN: usize = 15;
 
 /// The arguments to give `nvidia-smi`.
 pub fn args() -> [String; 2] {
@@ -60,9 +62,17 @@ pub fn parse(csv: &str) -> Result<Vec<(CardInfo, CardSample)>, String> {
 
 fn parse_row(line: &str) -> Result<(CardInfo, CardSample), String> {
     let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    if f.len() != COLUMNS {
+    if f.len() != COLUMNS && f.len() != COLUMNS_WITHOUT_GEN {
         return Err(format!("expected {COLUMNS} columns, found {}", f.len()));
     }
+    let small = |i: usize, field: &str| -> Result<u32, String> {
+        match f.get(i) {
+            Some(v) => {
+                u32::try_from(int(v, field)?).map_err(|_| format!("{field} {v:?} is out of range"))
+            }
+            None => Ok(0),
+        }
+    };
     let index: u32 = f[0]
         .parse()
         .map_err(|_| format!("index {:?} is not a number", f[0]))?;
@@ -101,6 +111,10 @@ fn parse_row(line: &str) -> Result<(CardInfo, CardSample), String> {
         nvlink_total: 0,
         probe_latency_us: 0,
         unreachable: false,
+        pcie_link_gen: small(15, "pcie.link.gen.current")?,
+        pcie_link_gen_max: small(16, "pcie.link.gen.max")?,
+        pcie_replay: 0,
+        nvlink_errors: 0,
     };
     Ok((info, sample))
 }
@@ -223,7 +237,7 @@ mod tests {
         );
         let e = parse(&short).expect_err("short row");
         assert!(
-            e.contains("line 2") && e.contains("expected 15 columns"),
+            e.contains("line 2") && e.contains("expected 17 columns"),
             "{e}"
         );
         let bad_index = H100X8.replacen("0, GPU-4b3a", "x, GPU-4b3a", 1);
@@ -255,5 +269,13 @@ mod tests {
         assert_eq!(parse(&out).expect("row plus lost line").len(), 1);
         assert!(lost_bus_ids(H100X8).is_empty());
         assert_eq!(parse("").expect("empty"), []);
+    }
+
+    #[test]
+    fn rows_with_the_pcie_generation_parse() {
+        let row = "0, GPU-1, NVIDIA H100 80GB HBM3, 00000000:18:00.0, 81559, 1, 97, 61, 690.5, 0, 0, No, 0x0000000000000000, 16, 16, 3, 5";
+        let (_, s) = &parse(row).expect("17 columns")[0];
+        assert_eq!((s.pcie_link_gen, s.pcie_link_gen_max), (3, 5));
+        assert!(parse(&format!("{row}, 9")).is_err());
     }
 }
