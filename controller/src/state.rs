@@ -19,7 +19,7 @@ use vigil_core::cluster::{ActionRequest, Cluster, Effect, Input, Registration};
 use vigil_core::incident::Incident;
 use vigil_core::ledger::{Cursor, LedgerRow};
 use vigil_core::model::{AgentEvent, Heartbeat};
-use vigil_core::{Millis, NodeId};
+use vigil_core::{JobId, Millis, NodeId};
 use vigil_proto::v1 as pb;
 
 /// The sending half of an agent's response stream.
@@ -197,6 +197,8 @@ enum Persist {
     Feed(FeedRow),
     Incident(Box<Incident>),
     Ledger(Vec<LedgerRow>, Vec<Cursor>),
+    Checkpoint(JobId, Box<vigil_core::cluster::CheckpointState>),
+    NodeRole(NodeId, Option<JobId>, bool),
 }
 
 /// Starts the state task over `cluster` (already restored from the store).
@@ -409,15 +411,26 @@ impl StateTask {
                     }
                 }
                 Effect::Action(req) => self.act(*req),
+                // Stored by the persister, in order, off the state task: a
+                // restore names its checkpoint in its own write-ahead record.
                 Effect::Checkpoint { job, state } => {
-                    // Before any restore could name it: written at once.
-                    if let Err(e) = self.store.save_checkpoint(&job, &state).await {
-                        tracing::error!(%job, error = %e, "cannot store the checkpoint");
+                    if self
+                        .persist
+                        .send(Persist::Checkpoint(job, Box::new(state)))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!("the persister is gone; checkpoint not stored");
                     }
                 }
                 Effect::NodeRole { node, job, spare } => {
-                    if let Err(e) = self.store.set_node_role(&node, job.as_ref(), spare).await {
-                        tracing::error!(%node, error = %e, "cannot store the node's role");
+                    if self
+                        .persist
+                        .send(Persist::NodeRole(node, job, spare))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!("the persister is gone; node role not stored");
                     }
                 }
                 Effect::Ledger { rows, cursors } => {
@@ -575,6 +588,16 @@ async fn persister(store: Store, mut rx: mpsc::Receiver<Persist>) {
                     }
                     for c in cs {
                         cursors.insert(c.job.to_string(), c);
+                    }
+                }
+                Persist::Checkpoint(job, c) => {
+                    if let Err(e) = store.save_checkpoint(&job, &c).await {
+                        tracing::error!(%job, error = %e, "cannot store the checkpoint");
+                    }
+                }
+                Persist::NodeRole(node, job, spare) => {
+                    if let Err(e) = store.set_node_role(&node, job.as_ref(), spare).await {
+                        tracing::error!(%node, error = %e, "cannot store the node's role");
                     }
                 }
             }
