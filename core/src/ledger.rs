@@ -171,6 +171,18 @@ impl Cursor {
     }
 }
 
+/// The fields of a cursor a step reads while it charges.
+struct Snapshot {
+    cards: u32,
+    last_ms: Millis,
+    mode: Mode,
+    culprit: Culprit,
+    straggler: Option<Culprit>,
+    checkpoint_pending: bool,
+    checkpoint_at: Option<Millis>,
+    slow_step: Option<Millis>,
+}
+
 /// The ledger of every job.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
@@ -271,12 +283,23 @@ impl Ledger {
 
     /// The job finished a new step at `at` (the first rank's end record).
     pub fn step(&mut self, job: &JobId, cards: u32, started_ms: Millis, step: u64, at: Millis) {
-        let c = self.cursor(job, cards, started_ms).clone();
+        // What the step needs of the cursor, without copying its history.
+        let cur = self.cursor(job, cards, started_ms);
+        let c = Snapshot {
+            cards: cur.cards,
+            last_ms: cur.last_ms,
+            mode: cur.mode,
+            culprit: cur.culprit.clone(),
+            straggler: cur.straggler.clone(),
+            checkpoint_pending: cur.checkpoint_pending,
+            checkpoint_at: cur.checkpoint_at,
+            slow_step: cur.slow_step(),
+        };
+        let expected = cur.expected_step();
         if at < c.last_ms || c.mode == Mode::Ended {
             return;
         }
         let d = at - c.last_ms;
-        let expected = c.expected_step();
         let mut healthy_step = None;
         let mut slow_step = None;
         let mut checkpoint_step = false;
@@ -310,7 +333,7 @@ impl Ledger {
                     // report; an asynchronous one only for what the step
                     // took over the expected time. While a straggler is
                     // open the rest is its excess.
-                    let slow_over = match (&c.straggler, expected, c.slow_step()) {
+                    let slow_over = match (&c.straggler, expected, c.slow_step) {
                         (Some(_), Some(e), Some(slow)) => (slow - e).clamp(0, over),
                         _ => 0,
                     };
