@@ -395,10 +395,6 @@ impl Executor {
         Executor { cfg }
     }
 
-    pub fn config(&self) -> &ActionsConfig {
-        &self.cfg
-    }
-
     /// Runs a request's steps in order; every result is a feed event.
     pub async fn run(&self, req: ActionRequest, incident: Option<Incident>) -> Vec<Report> {
         let steps = plan(&self.cfg, &req, incident.as_ref());

@@ -9,12 +9,11 @@ use crate::state::{AgentTx, StateHandle, event_ack};
 use crate::store::Store;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use vigil_core::Millis;
 use vigil_proto::PROTOCOL_VERSION;
 use vigil_proto::v1 as pb;
 
@@ -22,13 +21,6 @@ use vigil_proto::v1 as pb;
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest accepted message.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
 /// The agent-facing service.
 #[derive(Debug, Clone)]
@@ -77,7 +69,7 @@ impl pb::agent_service_server::AgentService for AgentSvc {
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
         self.store
-            .upsert_node(&reg, now_ms())
+            .upsert_node(&reg, crate::now_ms())
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
         let (tx, rx) = mpsc::channel(256);
@@ -160,7 +152,7 @@ impl AgentSvc {
                     let total = events.len();
                     let fresh = self
                         .store
-                        .append_events(node, boot_id, events, now_ms())
+                        .append_events(node, boot_id, events, crate::now_ms())
                         .await
                         .map_err(|e| Status::unavailable(format!("store: {e}")))?;
                     self.state
@@ -283,7 +275,7 @@ impl pb::read_service_server::ReadService for ReadSvc {
                 },
                 crate::http::FeedItem::Dropped(n) => pb::FeedEvent {
                     seq: 0,
-                    at_ms: now_ms(),
+                    at_ms: crate::now_ms(),
                     kind: "dropped".into(),
                     data_json: serde_json::json!({ "dropped": n }).to_string(),
                 },

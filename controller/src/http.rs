@@ -474,12 +474,6 @@ struct LedgerQuery {
     by: Option<String>,
 }
 
-fn wall_now_ms() -> vigil_core::Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as vigil_core::Millis)
-}
-
 /// `GET /api/v1/ledger`: allocated versus effective card-hours, with the
 /// losses by cause; `by` groups by job (default), node, card, model or cause.
 async fn ledger(
@@ -517,7 +511,7 @@ async fn ledger(
         Ok(j) => j,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("job: {e}")),
     };
-    let now = wall_now_ms();
+    let now = crate::now_ms();
     match ctx
         .state
         .query(move |c| {
@@ -533,7 +527,7 @@ async fn ledger(
 
 /// `GET /api/v1/ledger/advice`: the checkpoint interval that maximizes ETTR.
 async fn ledger_advice(State(ctx): State<Ctx>) -> Response {
-    let now = wall_now_ms();
+    let now = crate::now_ms();
     match ctx.state.query(move |c| c.ledger().advise(now)).await {
         Some(v) => axum::Json(v).into_response(),
         None => unavailable(),

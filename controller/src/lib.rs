@@ -54,7 +54,9 @@ impl Running {
     }
 }
 
-fn now_ms() -> vigil_core::Millis {
+/// The wall clock, in milliseconds since the Unix epoch: the `now` every
+/// input to the core is applied at.
+pub(crate) fn now_ms() -> vigil_core::Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as vigil_core::Millis)

@@ -486,7 +486,7 @@ fn controller_metrics(state: &StateHandle, reg: &mut Registry) {
 /// (version 0.0.4) that older tools and `promtool check metrics` read.
 /// `None` when the state task is gone.
 pub async fn render(state: &StateHandle, openmetrics: bool) -> Option<String> {
-    let now = now_ms();
+    let now = crate::now_ms();
     let mut reg = state
         .query(move |c| {
             let mut reg = Registry::default();
@@ -554,13 +554,6 @@ fn classic(text: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 use vigil_core::cluster::{ActionRequest, Cluster, Effect, Input, Registration};
@@ -107,13 +107,6 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Msg")
     }
-}
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }
 
 /// Feed events kept in memory for new subscribers.
@@ -291,7 +284,7 @@ impl StateTask {
                     None => return,
                 },
                 _ = tick.tick() => {
-                    let fx = self.cluster.apply(Input::Tick, now_ms()).unwrap_or_default();
+                    let fx = self.cluster.apply(Input::Tick, crate::now_ms()).unwrap_or_default();
                     self.effects(fx).await;
                 }
             }
@@ -299,7 +292,7 @@ impl StateTask {
     }
 
     async fn handle(&mut self, m: Msg) {
-        let now = now_ms();
+        let now = crate::now_ms();
         match m {
             Msg::Attach { conn, tx, reg } => {
                 self.stats.streams.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +386,7 @@ impl StateTask {
     }
 
     async fn effects(&mut self, fx: Vec<Effect>) {
-        let now = now_ms();
+        let now = crate::now_ms();
         let mut abort_after = false;
         for e in fx {
             match e {
