@@ -381,18 +381,26 @@ impl Store {
         Ok(())
     }
 
-    /// Every incident, oldest first.
-    pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        let rows = sqlx::query("SELECT body_json FROM incidents ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+    /// The first column of every row of `sql`, each a JSON document of `T`;
+    /// one that does not parse is a corrupt store, named by `what`.
+    async fn json_bodies<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let body: String = r.try_get(0)?;
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt(format!("incident: {e}")))
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
             })
             .collect()
+    }
+
+    /// Every incident, oldest first.
+    pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        self.json_bodies("SELECT body_json FROM incidents ORDER BY id", "incident")
+            .await
     }
 
     /// Stores a job's recovery (replacing the previous record).
@@ -486,31 +494,19 @@ impl Store {
                 card_ms: r.try_get(4)?,
             });
         }
-        let cursors = sqlx::query("SELECT body_json FROM ledger_cursors ORDER BY job")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let body: String = r.try_get(0)?;
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt(format!("ledger cursor: {e}")))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let cursors = self
+            .json_bodies(
+                "SELECT body_json FROM ledger_cursors ORDER BY job",
+                "ledger cursor",
+            )
+            .await?;
         Ok((out, cursors))
     }
 
     /// Recoveries in progress when the controller stopped.
     pub async fn recoveries(&self) -> Result<Vec<vigil_core::cluster::Recovery>, StoreError> {
-        let rows = sqlx::query("SELECT body_json FROM recoveries ORDER BY job")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let body: String = r.try_get(0)?;
-                serde_json::from_str(&body)
-                    .map_err(|e| StoreError::Corrupt(format!("recovery: {e}")))
-            })
-            .collect()
+        self.json_bodies("SELECT body_json FROM recoveries ORDER BY job", "recovery")
+            .await
     }
 
     /// Appends feed events, in one transaction.
