@@ -262,18 +262,19 @@ impl pb::read_service_server::ReadService for ReadSvc {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let after = req.into_inner().after_seq;
-        let feed = crate::http::feed_stream(self.state.clone(), self.store.clone(), after)
+        let feed = crate::feed::stream(self.state.clone(), self.store.clone(), after)
             .await
             .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
         let out = tokio_stream::StreamExt::map(feed, |item| {
+            let item = item.map_err(|e| Status::unavailable(e.to_string()))?;
             Ok(match item {
-                crate::http::FeedItem::Event(e) => pb::FeedEvent {
+                crate::feed::FeedItem::Event(e) => pb::FeedEvent {
                     seq: e.seq,
                     at_ms: e.at.0,
                     kind: e.kind.clone(),
                     data_json: e.data.to_string(),
                 },
-                crate::http::FeedItem::Dropped(n) => pb::FeedEvent {
+                crate::feed::FeedItem::Dropped(n) => pb::FeedEvent {
                     seq: 0,
                     at_ms: crate::now_ms(),
                     kind: "dropped".into(),

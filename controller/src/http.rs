@@ -1,6 +1,7 @@
 //! HTTP: the JSON API, the SSE feed, health and readiness, the dashboard.
 
-use crate::state::{FeedEvent, StateHandle};
+use crate::feed::{FeedError, FeedItem};
+use crate::state::StateHandle;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -8,13 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 use vigil_core::{IncidentId, Timestamp};
 
 #[derive(Clone, Debug)]
@@ -280,71 +277,6 @@ struct EventsQuery {
     snapshot: Option<bool>,
 }
 
-/// One item of a feed stream.
-#[derive(Debug, Clone)]
-pub enum FeedItem {
-    Event(Arc<FeedEvent>),
-    /// The consumer fell behind and this many events were skipped.
-    Dropped(u64),
-}
-
-/// The feed from `after`: stored history, retained recent events, then live
-/// events, without gaps or repeats.
-pub async fn feed_stream(
-    state: StateHandle,
-    store: Store,
-    after: u64,
-) -> Option<impl Stream<Item = FeedItem> + Send + 'static> {
-    let sub = state.subscribe().await?;
-    let cutoff = sub.recent.first().map_or(u64::MAX, |e| e.seq);
-    let mut backlog: VecDeque<Arc<FeedEvent>> = VecDeque::new();
-    if after.saturating_add(1) < cutoff {
-        let mut cursor = after;
-        'read: loop {
-            let rows = store.feed_after(cursor, 1000).await.unwrap_or_default();
-            let n = rows.len();
-            for r in rows {
-                if r.seq >= cutoff {
-                    break 'read;
-                }
-                cursor = r.seq;
-                backlog.push_back(Arc::new(FeedEvent::from(r)));
-            }
-            if n < 1000 {
-                break;
-            }
-        }
-    }
-    let mut last = backlog.back().map_or(after, |e| e.seq);
-    for e in sub.recent {
-        if e.seq > last {
-            last = e.seq;
-            backlog.push_back(e);
-        }
-    }
-    Some(futures_util::stream::unfold(
-        (backlog, sub.live, last),
-        |(mut backlog, mut live, mut last)| async move {
-            if let Some(e) = backlog.pop_front() {
-                return Some((FeedItem::Event(e), (backlog, live, last)));
-            }
-            loop {
-                match live.recv().await {
-                    Ok(e) if e.seq > last => {
-                        last = e.seq;
-                        return Some((FeedItem::Event(e), (backlog, live, last)));
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        return Some((FeedItem::Dropped(n), (backlog, live, last)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    ))
-}
-
 async fn events(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
@@ -378,7 +310,7 @@ async fn events(
         );
     }
     let (first, after) = if want_snapshot {
-        match snapshot(&ctx.state).await {
+        match crate::feed::snapshot(&ctx.state).await {
             Some(ev) => {
                 let seq = ev.seq;
                 (Some(FeedItem::Event(Arc::new(ev))), seq)
@@ -388,21 +320,13 @@ async fn events(
     } else {
         (None, after)
     };
-    let Some(feed) = feed_stream(ctx.state.clone(), ctx.store.clone(), after).await else {
+    let Some(feed) = crate::feed::stream(ctx.state.clone(), ctx.store.clone(), after).await else {
         return unavailable();
     };
-    let feed = futures_util::StreamExt::chain(futures_util::stream::iter(first), feed);
-    let stream = tokio_stream::StreamExt::map(feed, |item| -> Result<Event, Infallible> {
-        Ok(match item {
-            FeedItem::Event(e) => Event::default()
-                .id(e.seq.to_string())
-                .event(e.kind.clone())
-                .data(serde_json::to_string(&*e).unwrap_or_default()),
-            FeedItem::Dropped(n) => Event::default()
-                .event("dropped")
-                .data(json!({ "dropped": n }).to_string()),
-        })
-    });
+    let feed = futures_util::StreamExt::chain(futures_util::stream::iter(first.map(Ok)), feed);
+    // An error ends the response, so the client sees a broken stream (and
+    // resumes with Last-Event-ID) rather than a gap.
+    let stream = tokio_stream::StreamExt::map(feed, |item| sse_event(item?));
     let mut resp = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();
@@ -413,34 +337,32 @@ async fn events(
     resp
 }
 
-/// Incidents a snapshot carries, newest first.
-const SNAPSHOT_INCIDENTS: usize = 500;
+/// One feed item as an SSE event.
+fn sse_event(item: FeedItem) -> Result<Event, SseError> {
+    Ok(match item {
+        FeedItem::Event(e) => {
+            let data = serde_json::to_string(&*e).map_err(|err| {
+                tracing::warn!(seq = e.seq, error = %err, "feed stream ended: cannot encode an event");
+                SseError::Encode(err)
+            })?;
+            Event::default()
+                .id(e.seq.to_string())
+                .event(e.kind.clone())
+                .data(data)
+        }
+        FeedItem::Dropped(n) => Event::default()
+            .event("dropped")
+            .data(json!({ "dropped": n }).to_string()),
+    })
+}
 
-/// The current state as one feed event whose `seq` is the newest feed event
-/// it reflects: nodes, jobs and the newest incidents, taken in one step of
-/// the state task, so the deltas after `seq` continue it exactly.
-async fn snapshot(state: &StateHandle) -> Option<FeedEvent> {
-    let stats = state.stats.clone();
-    state
-        .query(move |c| {
-            use std::sync::atomic::Ordering::Relaxed;
-            let seq = stats.feed_seq.load(Relaxed);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            FeedEvent {
-                seq,
-                at: Timestamp(now),
-                kind: "snapshot".to_owned(),
-                data: json!({
-                    "nodes": c.nodes().collect::<Vec<_>>(),
-                    "jobs": c.jobs().collect::<Vec<_>>(),
-                    "incidents": c.incidents().rev().take(SNAPSHOT_INCIDENTS).collect::<Vec<_>>(),
-                }),
-            }
-        })
-        .await
+/// Why an SSE response ended early.
+#[derive(Debug, thiserror::Error)]
+enum SseError {
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    #[error("cannot encode a feed event: {0}")]
+    Encode(serde_json::Error),
 }
 
 async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {

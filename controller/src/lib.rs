@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod config;
 pub mod convert;
+pub mod feed;
 pub mod grpc;
 pub mod http;
 #[cfg(feature = "kubernetes")]

@@ -174,6 +174,12 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// The connection pool, for tests that break the store on purpose.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

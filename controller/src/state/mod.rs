@@ -10,10 +10,10 @@ mod effects;
 mod persist;
 
 use crate::actions::{ActionsConfig, Executor};
-use crate::store::{FeedRow, Store};
+pub use crate::feed::{FeedEvent, Subscription};
+use crate::store::Store;
 use effects::ActionJob;
 use persist::Persist;
-use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,26 +27,6 @@ use vigil_proto::v1 as pb;
 
 /// The sending half of an agent's response stream.
 pub type AgentTx = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
-
-/// One event of the live feed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FeedEvent {
-    pub seq: u64,
-    pub at: vigil_core::Timestamp,
-    pub kind: String,
-    pub data: serde_json::Value,
-}
-
-impl From<FeedRow> for FeedEvent {
-    fn from(r: FeedRow) -> Self {
-        FeedEvent {
-            seq: r.seq,
-            at: vigil_core::Timestamp(r.at_ms),
-            kind: r.kind,
-            data: r.data,
-        }
-    }
-}
 
 /// Counters about the controller itself.
 #[derive(Debug, Default)]
@@ -90,15 +70,6 @@ enum Msg {
     Query(QueryFn),
     Subscribe(oneshot::Sender<Subscription>),
     Operator(Input, oneshot::Sender<Result<(), String>>),
-}
-
-/// A feed subscription: recent events then live ones.
-#[derive(Debug)]
-pub struct Subscription {
-    /// The retained recent events, oldest first.
-    pub recent: Vec<Arc<FeedEvent>>,
-    /// Live events after `recent`.
-    pub live: broadcast::Receiver<Arc<FeedEvent>>,
 }
 
 /// Handle to the state task.
