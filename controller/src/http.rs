@@ -378,8 +378,12 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
         crate::metrics::PROMETHEUS_TEXT
     };
     match crate::metrics::render(&ctx.state, openmetrics).await {
-        Some(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
-        None => unavailable(),
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
+        Err(crate::metrics::MetricsError::Unavailable) => unavailable(),
+        Err(e) => {
+            tracing::warn!(error = %e, "/metrics failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
