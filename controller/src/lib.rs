@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod config;
 pub mod convert;
+pub mod dto;
 pub mod feed;
 pub mod grpc;
 pub mod http;

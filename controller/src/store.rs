@@ -3,6 +3,7 @@
 //! One implementation over sqlx's `Any` driver serves SQLite (the default,
 //! in WAL mode) and PostgreSQL; the SQL is the common subset of both.
 
+use crate::dto::{self, CheckpointDoc, CulpritDoc, CursorDoc, IncidentDoc, RecoveryDoc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use vigil_core::cluster::Registration;
@@ -32,6 +33,20 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Reads one stored document as a core type; `what` names it in the error.
+fn load<D, T>(body: &str, what: &str) -> Result<T, StoreError>
+where
+    D: serde::de::DeserializeOwned + TryInto<T, Error = dto::DocError>,
+{
+    dto::load::<D, T>(body).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// A feed event as stored.
@@ -196,7 +211,7 @@ impl Store {
         job: &vigil_core::JobId,
         c: &vigil_core::cluster::CheckpointState,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body = dto::encode(&CheckpointDoc::from(c))?;
         sqlx::query(
             "INSERT INTO checkpoints (job, step, body_json) VALUES ($1, $2, $3)
              ON CONFLICT (job, step) DO UPDATE SET body_json = excluded.body_json",
@@ -223,8 +238,7 @@ impl Store {
                 Ok((
                     vigil_core::JobId::new(job)
                         .map_err(|e| StoreError::Corrupt(format!("checkpoint job: {e}")))?,
-                    serde_json::from_str(&body)
-                        .map_err(|e| StoreError::Corrupt(format!("checkpoint: {e}")))?,
+                    load::<CheckpointDoc, _>(&body, "checkpoint")?,
                 ))
             })
             .collect()
@@ -362,8 +376,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         for inc in incidents {
-            let body =
-                serde_json::to_string(inc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let body = dto::encode(&IncidentDoc::from(inc))?;
             sqlx::query(
                 "INSERT INTO incidents (id, job, kind, state, detected_at_ms, body_json)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -387,31 +400,33 @@ impl Store {
         Ok(())
     }
 
-    /// The first column of every row of `sql`, each a JSON document of `T`;
-    /// one that does not parse is a corrupt store, named by `what`.
-    async fn json_bodies<T: serde::de::DeserializeOwned>(
-        &self,
-        sql: &str,
-        what: &str,
-    ) -> Result<Vec<T>, StoreError> {
+    /// The first column of every row of `sql`, each a stored document `D`
+    /// of a `T`; one that does not load is a corrupt store, named by `what`.
+    async fn json_bodies<D, T>(&self, sql: &str, what: &str) -> Result<Vec<T>, StoreError>
+    where
+        D: serde::de::DeserializeOwned + TryInto<T, Error = dto::DocError>,
+    {
         let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let body: String = r.try_get(0)?;
-                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+                load::<D, T>(&body, what)
             })
             .collect()
     }
 
     /// Every incident, oldest first.
     pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        self.json_bodies("SELECT body_json FROM incidents ORDER BY id", "incident")
-            .await
+        self.json_bodies::<IncidentDoc, _>(
+            "SELECT body_json FROM incidents ORDER BY id",
+            "incident",
+        )
+        .await
     }
 
     /// Stores a job's recovery (replacing the previous record).
     pub async fn save_recovery(&self, r: &vigil_core::cluster::Recovery) -> Result<(), StoreError> {
-        let body = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let body = dto::encode(&RecoveryDoc::from(r))?;
         sqlx::query(
             "INSERT INTO recoveries (job, body_json) VALUES ($1, $2)
              ON CONFLICT (job) DO UPDATE SET body_json = excluded.body_json",
@@ -444,8 +459,8 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         for r in rows {
-            let culprit = serde_json::to_string(&r.culprit)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // Unversioned: the culprit is part of the primary key.
+            let culprit = serde_json::to_string(&CulpritDoc::from(&r.culprit))?;
             sqlx::query(
                 "INSERT INTO ledger (job, bucket_ms, category, culprit_json, card_ms)
                  VALUES ($1, $2, $3, $4, $5)
@@ -461,7 +476,7 @@ impl Store {
             .await?;
         }
         for c in cursors {
-            let body = serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let body = dto::encode(&CursorDoc(c.clone()))?;
             sqlx::query(
                 "INSERT INTO ledger_cursors (job, body_json) VALUES ($1, $2)
                  ON CONFLICT (job) DO UPDATE SET body_json = excluded.body_json",
@@ -495,13 +510,12 @@ impl Store {
                 bucket_ms: r.try_get(1)?,
                 category: vigil_core::ledger::Category::parse(&category)
                     .ok_or_else(|| StoreError::Corrupt(format!("ledger category {category:?}")))?,
-                culprit: serde_json::from_str(&culprit)
-                    .map_err(|e| StoreError::Corrupt(format!("ledger culprit: {e}")))?,
+                culprit: load::<CulpritDoc, _>(&culprit, "ledger culprit")?,
                 card_ms: r.try_get(4)?,
             });
         }
         let cursors = self
-            .json_bodies(
+            .json_bodies::<CursorDoc, _>(
                 "SELECT body_json FROM ledger_cursors ORDER BY job",
                 "ledger cursor",
             )
@@ -511,8 +525,11 @@ impl Store {
 
     /// Recoveries in progress when the controller stopped.
     pub async fn recoveries(&self) -> Result<Vec<vigil_core::cluster::Recovery>, StoreError> {
-        self.json_bodies("SELECT body_json FROM recoveries ORDER BY job", "recovery")
-            .await
+        self.json_bodies::<RecoveryDoc, _>(
+            "SELECT body_json FROM recoveries ORDER BY job",
+            "recovery",
+        )
+        .await
     }
 
     /// Appends feed events, in one transaction.
@@ -567,5 +584,45 @@ impl Store {
             .await?;
         let max: Option<i64> = row.try_get(0)?;
         Ok(max.unwrap_or(0).max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as the store wrote it before documents had a version.
+    const OLD_INCIDENT: &str = r#"{"id":"inc-3","job":"pretrain","kind":"card_fault","state":"open","cause":{"node":"n2","card":5,"rank":null,"signal":"xid:79"},"detected_at":"2026-01-02T03:04:05.678Z","resolved_at":null,"phases":[{"name":"detect","start":"2026-01-02T03:04:05Z","end":null}],"action":null,"checkpoint":null,"lost_steps":null,"evidence":["xid 79 on n2/5"],"folded":0}"#;
+
+    #[tokio::test]
+    async fn an_old_unversioned_row_still_loads_beside_new_ones() {
+        let dir = std::env::temp_dir().join(format!("vigil-store-dto-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&format!("sqlite://{}/vigil.db", dir.display()))
+            .await
+            .expect("store");
+        sqlx::query(
+            "INSERT INTO incidents (id, job, kind, state, detected_at_ms, body_json)
+             VALUES (3, 'pretrain', 'card_fault', 'open', 1767323045678, $1)",
+        )
+        .bind(OLD_INCIDENT)
+        .execute(store.pool())
+        .await
+        .expect("old row");
+        let old = store.incidents().await.expect("load");
+        assert_eq!(old.len(), 1);
+        let mut new = old[0].clone();
+        new.id = vigil_core::IncidentId(4);
+        store.save_incidents(&[new]).await.expect("save");
+        let both = store.incidents().await.expect("load both");
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0].cause.signal, both[1].cause.signal);
+        let row = sqlx::query("SELECT body_json FROM incidents WHERE id = 4")
+            .fetch_one(store.pool())
+            .await
+            .expect("row");
+        let body: String = row.try_get(0).expect("body");
+        assert!(body.contains(r#""v":1"#), "{body}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
