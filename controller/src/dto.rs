@@ -24,6 +24,7 @@ use vigil_core::incident::{
     Cause, CheckpointRef, Incident, IncidentKind, IncidentState, PhaseSpan,
 };
 use vigil_core::ledger::{Culprit, Cursor};
+use vigil_core::model::CardInfo;
 use vigil_core::{IncidentId, JobId, Millis, NodeId, Timestamp};
 
 /// The newest document version this controller writes and reads.
@@ -391,6 +392,63 @@ impl TryFrom<CursorDoc> for Cursor {
     }
 }
 
+/// A node's card inventory (`nodes.cards_json`): `{"v": 1, "cards": [...]}`,
+/// or a bare list in rows written before documents had a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CardsDoc {
+    Versioned { cards: Vec<CardInfoDoc> },
+    Unversioned(Vec<CardInfoDoc>),
+}
+
+/// One card of a node's inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CardInfoDoc {
+    pub index: u32,
+    pub uuid: String,
+    pub vendor: String,
+    pub model: String,
+    pub memory_total_bytes: u64,
+    pub pci_bus_id: String,
+}
+
+impl From<&[CardInfo]> for CardsDoc {
+    fn from(cards: &[CardInfo]) -> Self {
+        CardsDoc::Versioned {
+            cards: cards
+                .iter()
+                .map(|c| CardInfoDoc {
+                    index: c.index,
+                    uuid: c.uuid.clone(),
+                    vendor: c.vendor.clone(),
+                    model: c.model.clone(),
+                    memory_total_bytes: c.memory_total_bytes,
+                    pci_bus_id: c.pci_bus_id.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<CardsDoc> for Vec<CardInfo> {
+    type Error = DocError;
+
+    fn try_from(d: CardsDoc) -> Result<Self, DocError> {
+        let (CardsDoc::Versioned { cards } | CardsDoc::Unversioned(cards)) = d;
+        Ok(cards
+            .into_iter()
+            .map(|c| CardInfo {
+                index: c.index,
+                uuid: c.uuid,
+                vendor: c.vendor,
+                model: c.model,
+                memory_total_bytes: c.memory_total_bytes,
+                pci_bus_id: c.pci_bus_id,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,6 +511,19 @@ mod tests {
         assert_eq!(
             none,
             r#"{"incident":null,"node":null,"card":null,"model":null}"#
+        );
+    }
+
+    #[test]
+    fn card_lists_load_bare_or_versioned() {
+        let old = r#"[{"index":0,"uuid":"GPU-0","vendor":"nvidia","model":"H100","memory_total_bytes":85899345920,"pci_bus_id":"0000:10:00.0"}]"#;
+        let cards: Vec<CardInfo> = load::<CardsDoc, _>(old).expect("old list loads");
+        assert_eq!(cards[0].model, "H100");
+        let text = encode(&CardsDoc::from(cards.as_slice())).expect("encode");
+        assert!(text.contains(r#""v":1"#), "{text}");
+        assert_eq!(
+            load::<CardsDoc, Vec<CardInfo>>(&text).expect("reload"),
+            cards
         );
     }
 

@@ -3,13 +3,13 @@
 //! One implementation over sqlx's `Any` driver serves SQLite (the default,
 //! in WAL mode) and PostgreSQL; the SQL is the common subset of both.
 
-use crate::dto::{self, CheckpointDoc, CulpritDoc, CursorDoc, IncidentDoc, RecoveryDoc};
+use crate::dto::{self, CardsDoc, CheckpointDoc, CulpritDoc, CursorDoc, IncidentDoc, RecoveryDoc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use vigil_core::cluster::Registration;
 use vigil_core::incident::Incident;
 use vigil_core::ledger::LedgerRow;
-use vigil_core::model::{AgentEvent, CardInfo};
+use vigil_core::model::AgentEvent;
 use vigil_core::{JobId, Millis, NodeId};
 
 /// Which database is behind the store.
@@ -261,8 +261,7 @@ impl Store {
     }
 
     pub async fn upsert_node(&self, reg: &Registration, now: Millis) -> Result<(), StoreError> {
-        let cards =
-            serde_json::to_string(&reg.cards).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cards = dto::encode(&CardsDoc::from(reg.cards.as_slice()))?;
         sqlx::query(
             "INSERT INTO nodes (id, boot_id, spare, job, cards_json, registered_at_ms, supervises)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -302,8 +301,7 @@ impl Store {
                         .map(JobId::new)
                         .transpose()
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    cards: serde_json::from_str::<Vec<CardInfo>>(&cards)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    cards: load::<CardsDoc, _>(&cards, "node cards")?,
                     supervises: r.try_get::<i64, _>(5)? != 0,
                 })
             })
