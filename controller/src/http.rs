@@ -153,19 +153,31 @@ async fn uncordon(State(ctx): State<Ctx>, body: String) -> Response {
     operator(&ctx, &body, false).await
 }
 
-async fn nodes(State(ctx): State<Ctx>) -> Response {
-    match ctx
-        .state
-        .query(|c| {
-            c.nodes()
-                .map(|n| serde_json::to_value(n).unwrap_or_default())
-                .collect::<Vec<_>>()
-        })
-        .await
-    {
-        Some(v) => axum::Json(v).into_response(),
+/// A JSON answer from a query of the state task: 503 when the task is
+/// gone, 500 (logged) when a value cannot be encoded.
+fn json_answer<T: serde::Serialize>(r: Option<Result<T, serde_json::Error>>) -> Response {
+    match r {
+        Some(Ok(v)) => axum::Json(v).into_response(),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot encode an API answer");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode: {e}"),
+            )
+        }
         None => unavailable(),
     }
+}
+
+/// Every item as a JSON value, or the first encoding error.
+fn json_values<'a, T: serde::Serialize + 'a>(
+    items: impl Iterator<Item = &'a T>,
+) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    items.map(serde_json::to_value).collect()
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Response {
+    json_answer(ctx.state.query(|c| json_values(c.nodes())).await)
 }
 
 async fn node(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
@@ -178,31 +190,17 @@ async fn node(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
     let key = id.clone();
     match ctx
         .state
-        .query(move |c| {
-            c.node(&key)
-                .map(|n| serde_json::to_value(n).unwrap_or_default())
-        })
+        .query(move |c| c.node(&key).map(serde_json::to_value))
         .await
     {
-        Some(Some(v)) => axum::Json(v).into_response(),
+        Some(Some(v)) => json_answer(Some(v)),
         Some(None) => error(StatusCode::NOT_FOUND, format!("unknown node {id}")),
         None => unavailable(),
     }
 }
 
 async fn jobs(State(ctx): State<Ctx>) -> Response {
-    match ctx
-        .state
-        .query(|c| {
-            c.jobs()
-                .map(|j| serde_json::to_value(j).unwrap_or_default())
-                .collect::<Vec<_>>()
-        })
-        .await
-    {
-        Some(v) => axum::Json(v).into_response(),
-        None => unavailable(),
-    }
+    json_answer(ctx.state.query(|c| json_values(c.jobs())).await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,25 +225,22 @@ async fn incidents(
     };
     let limit = q.limit.unwrap_or(1000);
     let job = q.job;
-    match ctx
+    let r = ctx
         .state
         .query(move |c| {
-            c.incidents()
-                .rev()
-                .filter(|i| {
-                    job.as_deref()
-                        .is_none_or(|j| i.job.as_ref().is_some_and(|x| x.as_str() == j))
-                })
-                .filter(|i| since.is_none_or(|s| i.detected_at >= s))
-                .take(limit)
-                .map(|i| serde_json::to_value(i).unwrap_or_default())
-                .collect::<Vec<_>>()
+            json_values(
+                c.incidents()
+                    .rev()
+                    .filter(|i| {
+                        job.as_deref()
+                            .is_none_or(|j| i.job.as_ref().is_some_and(|x| x.as_str() == j))
+                    })
+                    .filter(|i| since.is_none_or(|s| i.detected_at >= s))
+                    .take(limit),
+            )
         })
-        .await
-    {
-        Some(v) => axum::Json(v).into_response(),
-        None => unavailable(),
-    }
+        .await;
+    json_answer(r)
 }
 
 async fn incident(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
@@ -257,13 +252,10 @@ async fn incident(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
     };
     match ctx
         .state
-        .query(move |c| {
-            c.incident(id)
-                .map(|i| serde_json::to_value(i).unwrap_or_default())
-        })
+        .query(move |c| c.incident(id).map(serde_json::to_value))
         .await
     {
-        Some(Some(v)) => axum::Json(v).into_response(),
+        Some(Some(v)) => json_answer(Some(v)),
         Some(None) => error(StatusCode::NOT_FOUND, format!("unknown incident {id}")),
         None => unavailable(),
     }

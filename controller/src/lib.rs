@@ -50,8 +50,10 @@ impl Running {
 
     /// Waits until a server stops (it should not).
     pub async fn wait(&mut self) {
-        if let Some(s) = self.servers.first_mut() {
-            let _ = s.await;
+        if let Some(s) = self.servers.first_mut()
+            && let Err(e) = s.await
+        {
+            tracing::error!(error = %e, "a server task failed");
         }
     }
 }

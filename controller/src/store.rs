@@ -182,10 +182,18 @@ impl Store {
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
         }
-        // Stores created before the column existed (an error means it is there).
-        let _ = sqlx::query("ALTER TABLE nodes ADD COLUMN supervises BIGINT NOT NULL DEFAULT 0")
-            .execute(&pool)
-            .await;
+        // Stores created before the column existed; for the others the
+        // database answers that the column is already there.
+        if let Err(e) =
+            sqlx::query("ALTER TABLE nodes ADD COLUMN supervises BIGINT NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await
+        {
+            let msg = e.to_string();
+            if !(msg.contains("duplicate column") || msg.contains("already exists")) {
+                tracing::warn!(error = %msg, "cannot add the nodes.supervises column");
+            }
+        }
         Ok(Store { pool, backend })
     }
 
