@@ -6,7 +6,9 @@
 //! carry out (persist an incident, publish a feed event). It never does IO.
 
 use crate::ids::{IncidentId, JobId, NodeId};
-use crate::incident::{Cause, Incident, IncidentKind, IncidentState};
+use crate::incident::{
+    Cause, CauseKind, ExitStatus, HangClue, Incident, IncidentKind, IncidentState,
+};
 use crate::ledger::{self, Culprit, Ledger, LedgerRow};
 use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
 use crate::model::{
@@ -99,23 +101,53 @@ impl Default for ClusterConfig {
 }
 
 /// A card's health, carrying its evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CardHealth {
     Healthy,
     Suspect {
         since_ms: Millis,
-        reason: String,
+        #[serde(serialize_with = "as_string")]
+        reason: SuspectReason,
     },
     Failed {
         at_ms: Millis,
-        signal: String,
+        /// The cause of the incident that failed it.
+        #[serde(serialize_with = "as_string")]
+        signal: CauseKind,
         incident: IncidentId,
     },
     Quarantined {
         at_ms: Millis,
         reason: String,
     },
+}
+
+/// Why a card is suspect. Served as its string form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SuspectReason {
+    /// A card signal that does not stop the job.
+    Signal(Signal),
+    /// Its rank computes slower than its peers by this factor.
+    Straggler { factor: f64 },
+    /// It throttled for the configured number of heartbeats in a row.
+    SustainedThermal,
+}
+
+impl std::fmt::Display for SuspectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SuspectReason::Signal(s) => write!(f, "{s}"),
+            SuspectReason::Straggler { factor } => {
+                write!(f, "straggler: {factor:.2}x slower than its peers")
+            }
+            SuspectReason::SustainedThermal => f.write_str("sustained thermal throttling"),
+        }
+    }
+}
+
+fn as_string<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 impl CardHealth {
@@ -513,7 +545,7 @@ impl Cluster {
                 {
                     c.health = CardHealth::Failed {
                         at_ms: inc.detected_at.0,
-                        signal: inc.cause.signal.clone(),
+                        signal: inc.cause.what.clone(),
                         incident: inc.id,
                     };
                 }
@@ -763,14 +795,10 @@ impl Cluster {
         {
             // The same agent boot came back: the node never died, its
             // network did.
-            let lost_boot = inc
-                .evidence
-                .iter()
-                .find_map(|e| e.strip_prefix("boot ").map(str::to_owned));
-            if lost_boot.is_some() && lost_boot == same_boot {
+            if inc.lost_boot.is_some() && inc.lost_boot == same_boot {
                 inc.kind = IncidentKind::Network;
-                if inc.cause.signal == "heartbeat_timeout" {
-                    inc.cause.signal = "partition".to_owned();
+                if inc.cause.what == CauseKind::NodeLost {
+                    inc.cause.what = CauseKind::Partition;
                 }
             }
             inc.add_evidence(format!("{id} heard from again at {}", Timestamp(now)));
@@ -887,7 +915,7 @@ impl Cluster {
             self.open.insert((id.clone(), None), inc_id);
             if count >= hc.flap_losses {
                 inc.kind = IncidentKind::Network;
-                inc.cause.signal = "flapping".to_owned();
+                inc.cause.what = CauseKind::Flapping;
                 fx.push(Effect::Incident(Box::new(inc.clone())));
                 self.quarantine(
                     &id,
@@ -906,7 +934,7 @@ impl Cluster {
             node: id.clone(),
             card: None,
             rank: None,
-            signal: "heartbeat_timeout".to_owned(),
+            what: CauseKind::NodeLost,
         };
         let action = if spare {
             Action::None
@@ -924,7 +952,7 @@ impl Cluster {
             fx,
         );
         if let Some(i) = self.incidents.get_mut(&inc) {
-            i.add_evidence(format!("boot {boot}"));
+            i.note_lost_boot(&boot);
         }
     }
 
@@ -975,12 +1003,12 @@ impl Cluster {
         // opens its own, which takes over that place.
         let weak = |c: &Cluster, i: &Incident| match i.kind {
             IncidentKind::Straggler | IncidentKind::ProbeHung => true,
-            IncidentKind::CardFault => !c.stops_job(i.kind, &i.cause.signal),
+            IncidentKind::CardFault => !c.stops_job(i.kind, &i.cause.what),
             _ => false,
         };
         let takes_over = existing
             .and_then(|id| self.incidents.get(&id))
-            .is_some_and(|i| weak(self, i) && self.stops_job(kind, &cause.signal));
+            .is_some_and(|i| weak(self, i) && self.stops_job(kind, &cause.what));
         if !takes_over
             && let Some(id) = existing
             && let Some(inc) = self.incidents.get_mut(&id)
@@ -1006,6 +1034,7 @@ impl Cluster {
             lost_steps: None,
             evidence: Vec::new(),
             folded: 0,
+            lost_boot: None,
         };
         inc.phase("detect", observed_at.min(now), Some(now));
         inc.phase("localize", now, Some(now));
@@ -1013,7 +1042,7 @@ impl Cluster {
         self.open.insert(card_key, id);
         if let Some(job) = inc.job.clone()
             && action != Action::None
-            && self.stops_job(kind, &inc.cause.signal)
+            && self.stops_job(kind, &inc.cause.what)
         {
             self.pending_recovery.push(id);
             let culprit = self.culprit(id, &inc.cause);
@@ -1033,11 +1062,11 @@ impl Cluster {
 
     /// Whether an incident of this kind and signal stops the job (and so
     /// calls for a recovery). A throttled or degraded card does not.
-    fn stops_job(&self, kind: IncidentKind, signal: &str) -> bool {
+    fn stops_job(&self, kind: IncidentKind, what: &CauseKind) -> bool {
         match kind {
-            IncidentKind::CardFault => signal
-                .parse::<Signal>()
-                .is_ok_and(|s| self.cfg.rules.classify(s).fatal),
+            IncidentKind::CardFault => what
+                .signal()
+                .is_some_and(|s| self.cfg.rules.classify(s).fatal),
             IncidentKind::NodeLost | IncidentKind::Hang | IncidentKind::WorkerExit => true,
             _ => false,
         }
@@ -1082,7 +1111,9 @@ impl Cluster {
                     node: id.clone(),
                     card: None,
                     rank: None,
-                    signal: format!("probe_hung:{probe}"),
+                    what: CauseKind::ProbeHung {
+                        probe: probe.clone(),
+                    },
                 };
                 let evidence =
                     format!("{id}: card {card} probe '{probe}' did not answer for {waited_ms} ms");
@@ -1156,7 +1187,7 @@ impl Cluster {
             {
                 c.health = CardHealth::Suspect {
                     since_ms: now,
-                    reason: signal.to_string(),
+                    reason: SuspectReason::Signal(signal),
                 };
             }
             // Throttling counts only when sustained (see the heartbeat path).
@@ -1169,7 +1200,7 @@ impl Cluster {
             node: id.clone(),
             card: Some(card),
             rank,
-            signal: signal.to_string(),
+            what: CauseKind::Card(signal),
         };
         let inc = self.open_incident(
             IncidentKind::CardFault,
@@ -1194,7 +1225,7 @@ impl Cluster {
         {
             c.health = CardHealth::Failed {
                 at_ms: now,
-                signal: signal.to_string(),
+                signal: CauseKind::Card(signal),
                 incident: inc,
             };
             fx.push(Effect::Feed {
@@ -1480,7 +1511,7 @@ impl Cluster {
                 node: node.clone(),
                 card,
                 rank: Some(rank),
-                signal: format!("slow:{factor:.2}x"),
+                what: CauseKind::Straggler { factor },
             };
             let evidence = format!(
                 "rank {rank} on {node}/{} computes {factor:.2}x as long as its peers of the same card model",
@@ -1504,7 +1535,7 @@ impl Cluster {
             {
                 c.health = CardHealth::Suspect {
                     since_ms: now,
-                    reason: format!("straggler: {factor:.2}x slower than its peers"),
+                    reason: SuspectReason::Straggler { factor },
                 };
             }
         }
@@ -1523,7 +1554,13 @@ impl Cluster {
                 fx.push(Effect::Incident(Box::new(inc.clone())));
             }
             if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
-                && matches!(&c.health, CardHealth::Suspect { reason, .. } if reason.starts_with("straggler"))
+                && matches!(
+                    c.health,
+                    CardHealth::Suspect {
+                        reason: SuspectReason::Straggler { .. },
+                        ..
+                    }
+                )
             {
                 c.health = CardHealth::Healthy;
             }
@@ -1606,7 +1643,7 @@ impl Cluster {
                     node,
                     card,
                     rank,
-                    signal: "hang:collective".to_owned(),
+                    what: CauseKind::Hang(HangClue::Collective),
                 };
                 self.open_incident(
                     IncidentKind::Hang,
@@ -1624,13 +1661,13 @@ impl Cluster {
         // No phase information: fall back to card and node signals of the
         // job's ranks, then to the node whose ranks went silent first.
         let Some(j) = self.jobs.get(&job) else { return };
-        let mut suspect: Option<(NodeId, Option<u32>, Option<u32>, String)> = None;
+        let mut suspect: Option<(NodeId, Option<u32>, Option<u32>, HangClue)> = None;
         for (rank, r) in &j.ranks {
             let node = self.nodes.get(&r.node);
             if node.is_some_and(|n| {
                 matches!(n.liveness, Liveness::Lost { .. } | Liveness::Suspect { .. })
             }) {
-                suspect = Some((r.node.clone(), None, None, "hang:node_silent".to_owned()));
+                suspect = Some((r.node.clone(), None, None, HangClue::NodeSilent));
                 break;
             }
             let failed = r
@@ -1643,23 +1680,18 @@ impl Cluster {
                     )
                 });
             if failed {
-                suspect = Some((
-                    r.node.clone(),
-                    r.card,
-                    Some(*rank),
-                    "hang:card_signal".to_owned(),
-                ));
+                suspect = Some((r.node.clone(), r.card, Some(*rank), HangClue::CardSignal));
                 break;
             }
         }
-        let (node, card, rank, signal) = match suspect {
+        let (node, card, rank, clue) = match suspect {
             Some(s) => s,
             None => match j.ranks.iter().min_by_key(|(_, r)| r.at_ms) {
                 Some((rank, r)) => (
                     r.node.clone(),
                     None,
                     None,
-                    format!("hang:silent_first(rank {rank})"),
+                    HangClue::SilentFirst { rank: *rank },
                 ),
                 None => return,
             },
@@ -1668,7 +1700,7 @@ impl Cluster {
             node,
             card,
             rank,
-            signal,
+            what: CauseKind::Hang(clue),
         };
         self.open_incident(
             IncidentKind::Hang,
@@ -1744,11 +1776,7 @@ impl Cluster {
             (Some(j), Some(r)) => self.rank_place(j, r).and_then(|(_, c)| c),
             _ => None,
         };
-        let how = match (exit_code, signal) {
-            (_, Some(sig)) => format!("signal {sig}"),
-            (Some(code), _) => format!("exit code {code}"),
-            _ => "unknown status".to_owned(),
-        };
+        let how = ExitStatus::new(exit_code, signal);
         let evidence = format!(
             "rank {} on {node} exited ({how})",
             rank.map_or("?".to_owned(), |r| r.to_string())
@@ -1769,7 +1797,7 @@ impl Cluster {
                     node: node.clone(),
                     card,
                     rank,
-                    signal: format!("exit:{how}"),
+                    what: CauseKind::Exit(how),
                 };
                 self.open.insert((node, card), id);
                 if let Some(jid) = &job_id
@@ -1785,7 +1813,7 @@ impl Cluster {
             node,
             card,
             rank,
-            signal: format!("exit:{how}"),
+            what: CauseKind::Exit(how),
         };
         let id = self.open_incident(
             IncidentKind::WorkerExit,

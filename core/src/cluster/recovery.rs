@@ -179,7 +179,7 @@ impl Cluster {
         let Some(inc) = self.incidents.get_mut(&id) else {
             return;
         };
-        let reason = format!("{} {}", inc.kind.as_str(), inc.cause.signal);
+        let reason = format!("{} {}", inc.kind.as_str(), inc.cause.what);
         inc.add_evidence(match &checkpoint {
             Some(c) => format!(
                 "asked the action back-ends to restart {job} (newest complete checkpoint: step {})",

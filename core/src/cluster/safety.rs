@@ -263,7 +263,7 @@ impl Cluster {
             node: node.clone(),
             card: Some(card),
             rank,
-            signal: "thermal".to_owned(),
+            what: CauseKind::Card(Signal::Thermal),
         };
         self.open_incident(
             IncidentKind::CardFault,
@@ -280,7 +280,7 @@ impl Cluster {
         {
             c.health = CardHealth::Suspect {
                 since_ms: now,
-                reason: "sustained thermal throttling".to_owned(),
+                reason: SuspectReason::SustainedThermal,
             };
         }
     }

@@ -232,7 +232,7 @@ fn xid_79_fails_the_card_and_names_the_rank() {
     assert_eq!(i.kind, IncidentKind::CardFault);
     assert_eq!(i.cause.card, Some(5));
     assert_eq!(i.cause.rank, Some(21));
-    assert_eq!(i.cause.signal, "xid:79");
+    assert_eq!(i.cause.what.to_string(), "xid:79");
     assert_eq!(i.job, Some(job("pretrain")));
     assert_eq!(i.action.as_deref(), Some("drain_node"));
     let names: Vec<_> = i.phases.iter().map(|p| p.name.as_str()).collect();
@@ -721,7 +721,7 @@ fn only_sustained_throttling_opens_an_incident() {
     }
     assert_eq!(opened, 1);
     let inc = c.incidents().next().expect("incident");
-    assert_eq!(inc.cause.signal, "thermal");
+    assert_eq!(inc.cause.what.to_string(), "thermal");
     assert_eq!(inc.cause.card, Some(4));
     // Throttling is not fatal: suspect, not quarantined.
     assert_eq!(
@@ -811,7 +811,7 @@ fn a_flapping_node_is_one_incident_and_is_cordoned() {
     let incs: Vec<&Incident> = c.incidents().collect();
     assert_eq!(incs.len(), 1, "{incs:#?}");
     assert_eq!(incs[0].kind, IncidentKind::Network);
-    assert_eq!(incs[0].cause.signal, "flapping");
+    assert_eq!(incs[0].cause.what.to_string(), "flapping");
     assert_eq!(incs[0].state, IncidentState::Open);
     assert!(c.node(&node("n0")).expect("node").cordoned.is_some());
 }
@@ -823,7 +823,7 @@ fn a_single_partition_heals_into_a_network_incident() {
     let inc = c.incidents().next().expect("incident");
     assert_eq!(inc.kind, IncidentKind::Network);
     assert_eq!(inc.state, IncidentState::Resolved);
-    assert_eq!(inc.cause.signal, "partition");
+    assert_eq!(inc.cause.what.to_string(), "partition");
 }
 
 #[test]
@@ -1212,7 +1212,7 @@ fn a_fatal_fault_is_not_hidden_in_a_weaker_incident_at_the_same_place() {
     ev(&mut c, "n0", xid(2, 48), 30);
     let kinds: Vec<(IncidentKind, String)> = c
         .incidents()
-        .map(|i| (i.kind, i.cause.signal.clone()))
+        .map(|i| (i.kind, i.cause.what.to_string()))
         .collect();
     assert!(
         kinds.contains(&(IncidentKind::CardFault, "xid:48".to_owned())),
