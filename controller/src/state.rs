@@ -390,7 +390,7 @@ impl StateTask {
         let mut abort_after = false;
         for e in fx {
             match e {
-                Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Feed(ev) => self.publish(ev.kind(), ev.data(), now).await,
                 Effect::Recovery(r) => {
                     // Write ahead: the orders that follow are sent only once
                     // the recovery that implies them is on disk.
@@ -495,14 +495,8 @@ impl StateTask {
                         let _ = tx.try_send(Ok(cmd));
                     }
                 }
-                Effect::Incident(inc) => {
-                    let kind = if inc.state == vigil_core::incident::IncidentState::Resolved {
-                        "incident_resolved"
-                    } else if inc.folded == 0 && inc.evidence.len() <= 1 {
-                        "incident_opened"
-                    } else {
-                        "incident_updated"
-                    };
+                Effect::Incident(inc, change) => {
+                    let kind = change.kind();
                     let data = serde_json::to_value(&*inc).unwrap_or_default();
                     let _ = self.persist.send(Persist::Incident(inc)).await;
                     self.publish(kind, data, now).await;

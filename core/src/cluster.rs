@@ -5,9 +5,10 @@
 //! current time, updates the state and returns the effects for the shell to
 //! carry out (persist an incident, publish a feed event). It never does IO.
 
+use crate::feed::FeedEvent;
 use crate::ids::{IncidentId, JobId, NodeId};
 use crate::incident::{
-    Cause, CauseKind, ExitStatus, HangClue, Incident, IncidentKind, IncidentState,
+    Cause, CauseKind, ExitStatus, HangClue, Incident, IncidentChange, IncidentKind, IncidentState,
 };
 use crate::ledger::{self, Culprit, Ledger, LedgerRow};
 use crate::liveness::{self, ArrivalWindow, Liveness, LivenessConfig};
@@ -22,7 +23,6 @@ use crate::rules::{Action, Class, RuleTable};
 use crate::time::{Millis, Timestamp};
 use crate::workload::{StepClock, StepVerdict, WorkloadConfig};
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Settings of the decision logic.
@@ -390,9 +390,10 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Publish on the live feed.
-    Feed { kind: &'static str, data: Value },
-    /// Persist this incident (new or changed) and publish it.
-    Incident(Box<Incident>),
+    Feed(FeedEvent),
+    /// Persist this incident (new or changed) and publish it as the change
+    /// says.
+    Incident(Box<Incident>, IncidentChange),
     /// Order a node's worker supervisor to stop or start the job's workers.
     Worker {
         node: NodeId,
@@ -426,6 +427,13 @@ pub enum Effect {
         rows: Vec<LedgerRow>,
         cursors: Vec<ledger::Cursor>,
     },
+}
+
+impl Effect {
+    /// Persist and publish a change to an existing incident.
+    fn incident(inc: &Incident) -> Effect {
+        Effect::Incident(Box::new(inc.clone()), IncidentChange::of(inc))
+    }
 }
 
 /// What the action back-ends are asked to do.
@@ -677,10 +685,13 @@ impl Cluster {
             });
         }
         let id = reg.node.clone();
-        let data = json!({
-            "node": id, "boot_id": reg.boot_id, "cards": reg.cards.len(),
-            "spare": reg.spare, "job": reg.job,
-        });
+        let registered = FeedEvent::NodeRegistered {
+            node: id.clone(),
+            boot_id: reg.boot_id.clone(),
+            cards: reg.cards.len(),
+            spare: reg.spare,
+            job: reg.job.clone(),
+        };
         match self.nodes.get_mut(&id) {
             Some(node) => {
                 let was_lost = matches!(node.liveness, Liveness::Lost { .. });
@@ -700,20 +711,14 @@ impl Cluster {
                 if !same_inventory {
                     node.cards = reg.cards.into_iter().map(new_card).collect();
                 }
-                fx.push(Effect::Feed {
-                    kind: "node_registered",
-                    data,
-                });
+                fx.push(Effect::Feed(registered));
                 if was_lost {
                     self.node_came_back(&id, now, fx);
                 }
             }
             None => {
                 self.nodes.insert(id, new_node(reg, now));
-                fx.push(Effect::Feed {
-                    kind: "node_registered",
-                    data,
-                });
+                fx.push(Effect::Feed(registered));
             }
         }
     }
@@ -772,10 +777,7 @@ impl Cluster {
             self.sustained_thermal(&id, card, temp, reasons, now, fx);
         }
         if was_suspect {
-            fx.push(Effect::Feed {
-                kind: "node_alive",
-                data: json!({ "node": id }),
-            });
+            fx.push(Effect::Feed(FeedEvent::NodeAlive { node: id.clone() }));
         }
         if was_lost {
             self.node_came_back(&id, now, fx);
@@ -784,10 +786,7 @@ impl Cluster {
     }
 
     fn node_came_back(&mut self, id: &NodeId, now: Millis, fx: &mut Vec<Effect>) {
-        fx.push(Effect::Feed {
-            kind: "node_recovered",
-            data: json!({ "node": id }),
-        });
+        fx.push(Effect::Feed(FeedEvent::NodeRecovered { node: id.clone() }));
         let same_boot = self.nodes.get(id).map(|n| n.boot_id.clone());
         if let Some(inc_id) = self.open.get(&(id.clone(), None)).copied()
             && let Some(inc) = self.incidents.get_mut(&inc_id)
@@ -805,12 +804,12 @@ impl Cluster {
             if self.nodes.get(id).is_some_and(|n| n.cordoned.is_some()) {
                 // A cordoned (flapping) node stays an open incident until an
                 // operator uncordons it.
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
                 return;
             }
             inc.resolve(now);
             self.open.remove(&(id.clone(), None));
-            fx.push(Effect::Incident(Box::new(inc.clone())));
+            fx.push(Effect::incident(inc));
         }
     }
 
@@ -827,10 +826,10 @@ impl Cluster {
                 since_ms: now,
                 reason: "stream closed".to_owned(),
             };
-            fx.push(Effect::Feed {
-                kind: "node_suspect",
-                data: json!({ "node": id, "reason": "stream closed" }),
-            });
+            fx.push(Effect::Feed(FeedEvent::NodeSuspect {
+                node: id,
+                reason: "stream closed".to_owned(),
+            }));
         }
     }
 
@@ -851,15 +850,15 @@ impl Cluster {
                 continue;
             }
             match &next {
-                Liveness::Suspect { reason, .. } => fx.push(Effect::Feed {
-                    kind: "node_suspect",
-                    data: json!({ "node": node.id, "reason": reason }),
-                }),
+                Liveness::Suspect { reason, .. } => fx.push(Effect::Feed(FeedEvent::NodeSuspect {
+                    node: node.id.clone(),
+                    reason: reason.clone(),
+                })),
                 Liveness::Lost { last_seen_ms, .. } => {
-                    fx.push(Effect::Feed {
-                        kind: "node_lost",
-                        data: json!({ "node": node.id, "last_seen": Timestamp(*last_seen_ms) }),
-                    });
+                    fx.push(Effect::Feed(FeedEvent::NodeLost {
+                        node: node.id.clone(),
+                        last_seen_ms: *last_seen_ms,
+                    }));
                     lost.push((node.id.clone(), *last_seen_ms));
                 }
                 Liveness::Alive => {}
@@ -916,7 +915,7 @@ impl Cluster {
             if count >= hc.flap_losses {
                 inc.kind = IncidentKind::Network;
                 inc.cause.what = CauseKind::Flapping;
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
                 self.quarantine(
                     &id,
                     None,
@@ -926,7 +925,7 @@ impl Cluster {
                     fx,
                 );
             } else {
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
             return;
         }
@@ -1015,7 +1014,7 @@ impl Cluster {
         {
             inc.folded += 1;
             inc.add_evidence(evidence);
-            fx.push(Effect::Incident(Box::new(inc.clone())));
+            fx.push(Effect::incident(inc));
             return id;
         }
         let id = IncidentId(self.next_incident);
@@ -1055,7 +1054,10 @@ impl Cluster {
             };
             self.ledger.fault(&job, fault_ms, now, culprit);
         }
-        fx.push(Effect::Incident(Box::new(inc.clone())));
+        fx.push(Effect::Incident(
+            Box::new(inc.clone()),
+            IncidentChange::Opened,
+        ));
         self.incidents.insert(id, inc);
         id
     }
@@ -1101,10 +1103,12 @@ impl Cluster {
                 probe,
                 waited_ms,
             } => {
-                fx.push(Effect::Feed {
-                    kind: "probe_hung",
-                    data: json!({ "node": id, "card": card, "probe": probe, "waited_ms": waited_ms }),
-                });
+                fx.push(Effect::Feed(FeedEvent::ProbeHung {
+                    node: id.clone(),
+                    card,
+                    probe: probe.clone(),
+                    waited_ms,
+                }));
                 // The monitor's own failure: recorded, never held against
                 // the card.
                 let cause = Cause {
@@ -1135,10 +1139,13 @@ impl Cluster {
                 exit_code,
                 signal,
             } => {
-                fx.push(Effect::Feed {
-                    kind: "worker_exit",
-                    data: json!({ "node": id, "rank": rank, "pid": pid, "exit_code": exit_code, "signal": signal }),
-                });
+                fx.push(Effect::Feed(FeedEvent::WorkerExit {
+                    node: id.clone(),
+                    rank,
+                    pid,
+                    exit_code,
+                    signal,
+                }));
                 self.worker_exit(id, pid, rank, exit_code, signal, ev.at_ms.min(now), now, fx);
             }
             EventBody::Progress(rec) => {
@@ -1173,11 +1180,14 @@ impl Cluster {
         } else {
             format!("{id}/{card}: {signal} ({detail})")
         };
-        fx.push(Effect::Feed {
-            kind: "card_signal",
-            data: json!({ "node": id, "card": card, "signal": signal.to_string(), "detail": detail,
-                          "class": rule.class, "action": rule.action }),
-        });
+        fx.push(Effect::Feed(FeedEvent::CardSignal {
+            node: id.clone(),
+            card,
+            signal,
+            detail,
+            class: rule.class,
+            action: rule.action,
+        }));
         if rule.action == Action::None {
             return;
         }
@@ -1228,10 +1238,11 @@ impl Cluster {
                 signal: CauseKind::Card(signal),
                 incident: inc,
             };
-            fx.push(Effect::Feed {
-                kind: "card_health",
-                data: json!({ "node": id, "card": card, "health": "failed", "signal": signal.to_string() }),
-            });
+            fx.push(Effect::Feed(FeedEvent::CardFailed {
+                node: id.clone(),
+                card,
+                signal,
+            }));
         }
         let target = if rule.action == Action::DrainNode {
             None
@@ -1298,19 +1309,24 @@ impl Cluster {
             && cs.invalid.is_none()
         {
             cs.invalid = Some(why.clone());
-            fx.push(Effect::Feed {
-                kind: "checkpoint_invalid",
-                data: json!({ "job": c.job, "step": c.step, "path": c.path, "node": node, "reason": why }),
-            });
+            fx.push(Effect::Feed(FeedEvent::CheckpointInvalid {
+                job: c.job.clone(),
+                step: c.step,
+                path: c.path.clone(),
+                node: node.clone(),
+                reason: why.clone(),
+            }));
         }
         if c.complete_all && !cs.complete {
             cs.complete = true;
             cs.source = c.source.clone().unwrap_or_else(|| "watcher".to_owned());
             if cs.invalid.is_none() {
-                fx.push(Effect::Feed {
-                    kind: "checkpoint_complete",
-                    data: json!({ "job": c.job, "step": c.step, "path": cs.path, "source": cs.source }),
-                });
+                fx.push(Effect::Feed(FeedEvent::CheckpointComplete {
+                    job: c.job.clone(),
+                    step: c.step,
+                    path: cs.path.clone(),
+                    source: cs.source.clone(),
+                }));
             }
         }
         if *cs != before && (cs.complete || cs.invalid.is_some()) {
@@ -1346,10 +1362,10 @@ impl Cluster {
             });
             let pending = &mut self.pending_catalog;
             let job = self.jobs.entry(job_id.clone()).or_insert_with(|| {
-                fx.push(Effect::Feed {
-                    kind: "job_started",
-                    data: json!({ "job": job_id, "world_size": world_size }),
-                });
+                fx.push(Effect::Feed(FeedEvent::JobStarted {
+                    job: job_id.clone(),
+                    world_size: *world_size,
+                }));
                 let mut j = JobState::new(job_id.clone(), *world_size, now);
                 j.checkpoints = pending.remove(&job_id).unwrap_or_default();
                 j
@@ -1428,10 +1444,10 @@ impl Cluster {
                             self.ledger
                                 .step(&job_id, job.world_size, job.started_at_ms, step, at);
                             if step % PROGRESS_FEED_EVERY == 0 {
-                                fx.push(Effect::Feed {
-                                    kind: "job_progress",
-                                    data: json!({ "job": job.id, "step": step }),
-                                });
+                                fx.push(Effect::Feed(FeedEvent::JobProgress {
+                                    job: job.id.clone(),
+                                    step,
+                                }));
                             }
                         }
                     }
@@ -1453,10 +1469,12 @@ impl Cluster {
                         state: c.clone(),
                     });
                     if c.invalid.is_none() {
-                        fx.push(Effect::Feed {
-                            kind: "checkpoint_complete",
-                            data: json!({ "job": job.id, "step": step, "path": c.path, "source": c.source }),
-                        });
+                        fx.push(Effect::Feed(FeedEvent::CheckpointComplete {
+                            job: job.id.clone(),
+                            step,
+                            path: c.path.clone(),
+                            source: c.source.clone(),
+                        }));
                     }
                 }
             }
@@ -1472,10 +1490,11 @@ impl Cluster {
                         JobRunState::Failed
                     };
                     self.ledger.ended(&job_id, now);
-                    fx.push(Effect::Feed {
-                        kind: "job_ended",
-                        data: json!({ "job": job.id, "state": job.state, "step": job.step }),
-                    });
+                    fx.push(Effect::Feed(FeedEvent::JobEnded {
+                        job: job.id.clone(),
+                        state: job.state,
+                        step: job.step,
+                    }));
                 }
             }
             ProgressRecord::Start { .. } => {}
@@ -1493,15 +1512,15 @@ impl Cluster {
     /// Acts on what a finished step told the workload detectors.
     fn step_verdict(&mut self, job_id: &JobId, v: StepVerdict, now: Millis, fx: &mut Vec<Effect>) {
         if let Some(slow) = v.slowdown {
-            fx.push(Effect::Feed {
-                kind: if slow.is_some() {
-                    "job_slowdown"
-                } else {
-                    "job_speed_recovered"
+            fx.push(Effect::Feed(match slow {
+                Some(factor) => FeedEvent::JobSlowdown {
+                    job: job_id.clone(),
+                    factor,
                 },
-                data: json!({ "job": job_id, "factor": slow,
-                              "note": "every rank slowed together; not blamed on a card" }),
-            });
+                None => FeedEvent::JobSpeedRecovered {
+                    job: job_id.clone(),
+                },
+            }));
         }
         for (rank, factor) in v.new_stragglers {
             let Some((node, card)) = self.rank_place(job_id, rank) else {
@@ -1551,7 +1570,7 @@ impl Cluster {
                 self.ledger.straggler(job_id, None, 0);
                 inc.resolve(now);
                 self.open.remove(&(node.clone(), card));
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
             if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
                 && matches!(
@@ -1806,7 +1825,7 @@ impl Cluster {
                     j.exit_incident = Some((id, at));
                 }
             }
-            fx.push(Effect::Incident(Box::new(inc.clone())));
+            fx.push(Effect::incident(inc));
             return;
         }
         let cause = Cause {

@@ -41,6 +41,34 @@ pub enum IncidentState {
     Resolved,
 }
 
+/// What an incident effect reports: a new incident, or a change to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentChange {
+    Opened,
+    Updated,
+    /// Changed while resolved (just resolved, or a note added later).
+    Resolved,
+}
+
+impl IncidentChange {
+    /// A change to an existing incident, by the state it is in now.
+    pub fn of(inc: &Incident) -> Self {
+        match inc.state {
+            IncidentState::Resolved => IncidentChange::Resolved,
+            IncidentState::Open => IncidentChange::Updated,
+        }
+    }
+
+    /// The feed kind that publishes it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            IncidentChange::Opened => "incident_opened",
+            IncidentChange::Updated => "incident_updated",
+            IncidentChange::Resolved => "incident_resolved",
+        }
+    }
+}
+
 /// The localized root cause.
 ///
 /// It is stored and served in its older, flat shape (`{"node", "card",

@@ -188,7 +188,7 @@ impl Cluster {
             None => format!("asked the action back-ends to restart {job} (no complete checkpoint)"),
         });
         inc.checkpoint = checkpoint.clone();
-        fx.push(Effect::Incident(Box::new(inc.clone())));
+        fx.push(Effect::incident(inc));
         fx.push(Effect::Action(Box::new(ActionRequest {
             verb: ActionVerb::Restart,
             incident: Some(id),
@@ -247,11 +247,13 @@ impl Cluster {
         };
         inc.add_evidence(format!("shadow mode, not done: {}", plan.join("; ")));
         inc.checkpoint = checkpoint.clone();
-        fx.push(Effect::Incident(Box::new(inc.clone())));
-        fx.push(Effect::Feed {
-            kind: "shadow_action",
-            data: json!({ "incident": id, "job": job, "plan": plan, "checkpoint": checkpoint }),
-        });
+        fx.push(Effect::incident(inc));
+        fx.push(Effect::Feed(FeedEvent::ShadowAction {
+            incident: id,
+            job: job.clone(),
+            plan,
+            checkpoint,
+        }));
     }
 
     fn note(&mut self, job: &JobId, f: impl Fn(&mut Incident)) -> Vec<Effect> {
@@ -264,7 +266,7 @@ impl Cluster {
         for id in ids {
             if let Some(inc) = self.incidents.get_mut(&id) {
                 f(inc);
-                out.push(Effect::Incident(Box::new(inc.clone())));
+                out.push(Effect::incident(inc));
             }
         }
         out
@@ -331,10 +333,11 @@ impl Cluster {
                             inc.add_evidence(format!("waiting for {need} spare node(s)"));
                         });
                         fx.extend(ev);
-                        fx.push(Effect::Feed {
-                            kind: "waiting_for_capacity",
-                            data: json!({ "job": job, "need": broken.len(), "idle_spares": idle.len() }),
-                        });
+                        fx.push(Effect::Feed(FeedEvent::WaitingForCapacity {
+                            job: job.clone(),
+                            need: broken.len(),
+                            idle_spares: idle.len(),
+                        }));
                     }
                     return;
                 }
@@ -518,10 +521,11 @@ impl Cluster {
             });
         });
         fx.extend(ev);
-        fx.push(Effect::Feed {
-            kind: "recovery_restore",
-            data: json!({ "job": job, "checkpoint": ckpt, "restart": restart_count }),
-        });
+        fx.push(Effect::Feed(FeedEvent::RecoveryRestore {
+            job: job.clone(),
+            checkpoint: ckpt,
+            restart: restart_count,
+        }));
     }
 
     /// A worker of a job in restore exited: the checkpoint could not be
@@ -621,9 +625,10 @@ impl Cluster {
         }
         self.recoveries.remove(job);
         fx.push(Effect::RecoveryDone(job.clone()));
-        fx.push(Effect::Feed {
-            kind: "recovery_done",
-            data: json!({ "job": job, "resumed_at_step": step, "lost_steps": lost }),
-        });
+        fx.push(Effect::Feed(FeedEvent::RecoveryDone {
+            job: job.clone(),
+            resumed_at_step: step,
+            lost_steps: lost,
+        }));
     }
 }

@@ -58,10 +58,7 @@ impl Cluster {
         }
         if self.breaker_open_since.is_some() && self.quarantines.is_empty() {
             self.breaker_open_since = None;
-            fx.push(Effect::Feed {
-                kind: "circuit_breaker_closed",
-                data: json!({ "note": "automatic quarantine resumes" }),
-            });
+            fx.push(Effect::Feed(FeedEvent::BreakerClosed));
         }
         let Some(n) = self.nodes.get(node) else {
             return false;
@@ -83,20 +80,16 @@ impl Cluster {
         if cards > self.quarantine_allowance(now) {
             if let Some(inc) = self.incidents.get_mut(&incident) {
                 inc.add_evidence("automatic quarantine withheld: circuit breaker open".to_owned());
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
             if self.breaker_open_since.is_none() {
                 self.breaker_open_since = Some(now);
                 let (total, _) = self.capacity();
-                fx.push(Effect::Feed {
-                    kind: "alert",
-                    data: json!({
-                        "alert": "circuit_breaker_open",
-                        "note": format!(
-                            "more than {:.0}% of the cluster's {total} cards would be quarantined within {} s; automatic quarantine stopped, operator review needed",
-                            self.cfg.breaker.share * 100.0, window / 1000),
-                    }),
-                });
+                fx.push(Effect::Feed(FeedEvent::BreakerOpen {
+                    share: self.cfg.breaker.share,
+                    cards: total,
+                    window_ms: window,
+                }));
             }
             return false;
         }
@@ -108,7 +101,7 @@ impl Cluster {
                 Some(c) => format!("quarantined {node}/{c}"),
                 None => format!("cordoned {node}"),
             });
-            fx.push(Effect::Incident(Box::new(inc.clone())));
+            fx.push(Effect::incident(inc));
         }
         true
     }
@@ -146,10 +139,11 @@ impl Cluster {
                 }
             }
         }
-        fx.push(Effect::Feed {
-            kind: "quarantined",
-            data: json!({ "node": node, "card": card, "reason": reason }),
-        });
+        fx.push(Effect::Feed(FeedEvent::Quarantined {
+            node: node.clone(),
+            card,
+            reason: reason.to_owned(),
+        }));
         fx.push(Effect::Quarantine {
             node: node.clone(),
             card,
@@ -209,10 +203,10 @@ impl Cluster {
                 }
             }
         }
-        fx.push(Effect::Feed {
-            kind: "uncordoned",
-            data: json!({ "node": node, "card": card }),
-        });
+        fx.push(Effect::Feed(FeedEvent::Uncordoned {
+            node: node.clone(),
+            card,
+        }));
         fx.push(Effect::Action(Box::new(ActionRequest {
             verb: ActionVerb::Release,
             incident: None,
@@ -235,7 +229,7 @@ impl Cluster {
             {
                 inc.add_evidence("cleared by an operator".to_owned());
                 inc.resolve(now);
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
         }
         if card.is_none() {
@@ -298,10 +292,10 @@ impl Cluster {
                     && c.sample.as_ref().is_some_and(|s| !s.unreachable)
                 {
                     c.health = CardHealth::Healthy;
-                    fx.push(Effect::Feed {
-                        kind: "card_health",
-                        data: json!({ "node": n.id, "card": c.info.index, "health": "healthy", "note": "quiet period passed" }),
-                    });
+                    fx.push(Effect::Feed(FeedEvent::CardHealthy {
+                        node: n.id.clone(),
+                        card: c.info.index,
+                    }));
                 }
             }
         }

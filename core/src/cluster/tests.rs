@@ -1,6 +1,7 @@
 use super::*;
 use crate::model::CheckpointReport;
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn node(s: &str) -> NodeId {
     NodeId::new(s).expect("valid node id")
@@ -100,7 +101,7 @@ fn start(c: &mut Cluster, name: &str, rank: u32, card: u32, world: u32, now: Mil
 fn incidents(fx: &[Effect]) -> Vec<&Incident> {
     let mut out: Vec<&Incident> = Vec::new();
     for e in fx {
-        if let Effect::Incident(i) = e {
+        if let Effect::Incident(i, _) = e {
             match out.iter_mut().find(|o| o.id == i.id) {
                 Some(o) => *o = &**i,
                 None => out.push(&**i),
@@ -329,13 +330,10 @@ fn checkpoints_complete_when_every_rank_reports() {
     let j = c.jobs().next().expect("job");
     assert!(j.latest_complete_checkpoint().is_none());
     let fx = ev(&mut c, "n0", ck(1), 3);
-    assert!(fx.iter().any(|e| matches!(
-        e,
-        Effect::Feed {
-            kind: "checkpoint_complete",
-            ..
-        }
-    )));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Feed(FeedEvent::CheckpointComplete { .. })))
+    );
     let j = c.jobs().next().expect("job");
     assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(10));
 }
@@ -568,10 +566,10 @@ fn quarantines(fx: &[Effect]) -> Vec<(NodeId, Option<u32>)> {
         .collect()
 }
 
-fn feeds<'a>(fx: &'a [Effect], kind: &str) -> Vec<&'a Value> {
+fn feeds(fx: &[Effect], kind: &str) -> Vec<Value> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Feed { kind: k, data } if *k == kind => Some(data),
+            Effect::Feed(ev) if ev.kind() == kind => Some(ev.data()),
             _ => None,
         })
         .collect()
