@@ -219,7 +219,14 @@ impl FeedEvent {
 
     /// The event's JSON `data`.
     pub fn data(&self) -> Value {
-        match self {
+        self.node_data()
+            .or_else(|| self.job_data())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The `data` of node and card events.
+    fn node_data(&self) -> Option<Value> {
+        Some(match self {
             FeedEvent::NodeRegistered {
                 node,
                 boot_id,
@@ -283,6 +290,13 @@ impl FeedEvent {
             } => {
                 json!({ "node": node, "rank": rank, "pid": pid, "exit_code": exit_code, "signal": signal })
             }
+            _ => return None,
+        })
+    }
+
+    /// The `data` of job and recovery events.
+    fn job_data(&self) -> Option<Value> {
+        Some(match self {
             FeedEvent::JobStarted { job, world_size } => {
                 json!({ "job": job, "world_size": world_size })
             }
@@ -334,7 +348,8 @@ impl FeedEvent {
             } => {
                 json!({ "incident": incident, "job": job, "plan": plan, "checkpoint": checkpoint })
             }
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -476,6 +491,7 @@ mod tests {
     #[test]
     fn data_keeps_its_shape() {
         let ev = examples();
+        assert!(ev.iter().all(|e| !e.data().is_null()));
         let json: Vec<String> = ev.iter().map(|e| e.data().to_string()).collect();
         assert_eq!(
             json[3],

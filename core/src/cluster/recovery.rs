@@ -277,123 +277,128 @@ impl Cluster {
             return;
         };
         match r.phase {
-            RecoveryPhase::Isolate => {
-                self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
-                self.persist(job, fx);
-                for node in self.placement(job) {
-                    if self
-                        .nodes
-                        .get(&node)
-                        .is_some_and(|n| !matches!(n.liveness, Liveness::Lost { .. }))
-                    {
-                        fx.push(Effect::Worker {
-                            node,
-                            command: WorkerCommand::Stop {
-                                grace_s: STOP_GRACE_S,
-                            },
-                        });
-                    }
-                }
-                let ev = self.note(job, |inc| {
-                    if !inc.phases.iter().any(|p| p.name == "isolate") {
-                        inc.phase("isolate", now, Some(now));
-                    }
-                    inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
-                });
-                fx.extend(ev);
-                self.advance(job, now, fx);
-            }
-            RecoveryPhase::WaitingForCapacity => {
-                let broken: Vec<NodeId> = self
-                    .placement(job)
-                    .into_iter()
-                    .filter(|n| !self.node_usable(n))
-                    .collect();
-                let mut idle: Vec<NodeId> = self
-                    .nodes
-                    .values()
-                    .filter(|n| {
-                        n.spare && n.supervises && n.job.is_none() && self.node_usable(&n.id)
-                    })
-                    .map(|n| n.id.clone())
-                    .collect();
-                if broken.len() > idle.len() {
-                    let waiting = r.incidents.iter().any(|id| {
-                        self.incidents.get(id).is_some_and(|i| {
-                            i.phases
-                                .iter()
-                                .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
-                        })
-                    });
-                    if !waiting {
-                        self.ledger.waiting(job, now, true);
-                        let need = broken.len();
-                        let ev = self.note(job, |inc| {
-                            inc.phase("waiting_for_capacity", now, None);
-                            inc.add_evidence(format!("waiting for {need} spare node(s)"));
-                        });
-                        fx.extend(ev);
-                        fx.push(Effect::Feed(FeedEvent::WaitingForCapacity {
-                            job: job.clone(),
-                            need: broken.len(),
-                            idle_spares: idle.len(),
-                        }));
-                    }
-                    return;
-                }
-                let mut replaced = Vec::new();
-                for old in broken {
-                    let Some(spare) = idle.pop() else { break };
-                    if let Some(n) = self.nodes.get_mut(&spare) {
-                        n.job = Some(job.clone());
-                        n.spare = false;
-                        n.role_assigned = true;
-                    }
-                    if let Some(n) = self.nodes.get_mut(&old) {
-                        n.job = None;
-                        n.role_assigned = true;
-                    }
-                    fx.push(Effect::NodeRole {
-                        node: spare.clone(),
-                        job: Some(job.clone()),
-                        spare: false,
-                    });
-                    fx.push(Effect::NodeRole {
-                        node: old.clone(),
-                        job: None,
-                        spare: self.nodes.get(&old).is_some_and(|n| n.spare),
-                    });
-                    replaced.push((old.clone(), spare.clone()));
-                    if let Some(rec) = self.recoveries.get_mut(job) {
-                        rec.replacements.insert(old, spare);
-                    }
-                }
-                let action = if replaced.is_empty() {
-                    "restart_in_place"
-                } else {
-                    "replace_node"
-                };
-                self.ledger.waiting(job, now, false);
-                let ev = self.note(job, |inc| {
-                    for p in inc
-                        .phases
-                        .iter_mut()
-                        .filter(|p| p.name == "waiting_for_capacity" && p.end.is_none())
-                    {
-                        p.end = Some(Timestamp(now));
-                    }
-                    inc.action = Some(action.to_owned());
-                    for (old, spare) in &replaced {
-                        inc.add_evidence(format!("spare {spare} replaces {old}"));
-                    }
-                });
-                fx.extend(ev);
-                self.set_phase(job, RecoveryPhase::Restore, now);
-                self.start_workers(job, now, fx);
-            }
+            RecoveryPhase::Isolate => self.isolate(job, now, fx),
+            RecoveryPhase::WaitingForCapacity => self.find_capacity(job, &r, now, fx),
             RecoveryPhase::Restore => {}
             RecoveryPhase::Resume => {}
         }
+    }
+
+    /// Stops the job's workers on every reachable node.
+    fn isolate(&mut self, job: &JobId, now: Millis, fx: &mut Vec<Effect>) {
+        self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
+        self.persist(job, fx);
+        for node in self.placement(job) {
+            if self
+                .nodes
+                .get(&node)
+                .is_some_and(|n| !matches!(n.liveness, Liveness::Lost { .. }))
+            {
+                fx.push(Effect::Worker {
+                    node,
+                    command: WorkerCommand::Stop {
+                        grace_s: STOP_GRACE_S,
+                    },
+                });
+            }
+        }
+        let ev = self.note(job, |inc| {
+            if !inc.phases.iter().any(|p| p.name == "isolate") {
+                inc.phase("isolate", now, Some(now));
+            }
+            inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
+        });
+        fx.extend(ev);
+        self.advance(job, now, fx);
+    }
+
+    /// Gives each broken node's ranks to an idle spare and restores, or
+    /// waits (recorded) until there are enough spares.
+    fn find_capacity(&mut self, job: &JobId, r: &Recovery, now: Millis, fx: &mut Vec<Effect>) {
+        let broken: Vec<NodeId> = self
+            .placement(job)
+            .into_iter()
+            .filter(|n| !self.node_usable(n))
+            .collect();
+        let mut idle: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.spare && n.supervises && n.job.is_none() && self.node_usable(&n.id))
+            .map(|n| n.id.clone())
+            .collect();
+        if broken.len() > idle.len() {
+            let waiting = r.incidents.iter().any(|id| {
+                self.incidents.get(id).is_some_and(|i| {
+                    i.phases
+                        .iter()
+                        .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+                })
+            });
+            if !waiting {
+                self.ledger.waiting(job, now, true);
+                let need = broken.len();
+                let ev = self.note(job, |inc| {
+                    inc.phase("waiting_for_capacity", now, None);
+                    inc.add_evidence(format!("waiting for {need} spare node(s)"));
+                });
+                fx.extend(ev);
+                fx.push(Effect::Feed(FeedEvent::WaitingForCapacity {
+                    job: job.clone(),
+                    need: broken.len(),
+                    idle_spares: idle.len(),
+                }));
+            }
+            return;
+        }
+        let mut replaced = Vec::new();
+        for old in broken {
+            let Some(spare) = idle.pop() else { break };
+            if let Some(n) = self.nodes.get_mut(&spare) {
+                n.job = Some(job.clone());
+                n.spare = false;
+                n.role_assigned = true;
+            }
+            if let Some(n) = self.nodes.get_mut(&old) {
+                n.job = None;
+                n.role_assigned = true;
+            }
+            fx.push(Effect::NodeRole {
+                node: spare.clone(),
+                job: Some(job.clone()),
+                spare: false,
+            });
+            fx.push(Effect::NodeRole {
+                node: old.clone(),
+                job: None,
+                spare: self.nodes.get(&old).is_some_and(|n| n.spare),
+            });
+            replaced.push((old.clone(), spare.clone()));
+            if let Some(rec) = self.recoveries.get_mut(job) {
+                rec.replacements.insert(old, spare);
+            }
+        }
+        let action = if replaced.is_empty() {
+            "restart_in_place"
+        } else {
+            "replace_node"
+        };
+        self.ledger.waiting(job, now, false);
+        let ev = self.note(job, |inc| {
+            for p in inc
+                .phases
+                .iter_mut()
+                .filter(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+            {
+                p.end = Some(Timestamp(now));
+            }
+            inc.action = Some(action.to_owned());
+            for (old, spare) in &replaced {
+                inc.add_evidence(format!("spare {spare} replaces {old}"));
+            }
+        });
+        fx.extend(ev);
+        self.set_phase(job, RecoveryPhase::Restore, now);
+        self.start_workers(job, now, fx);
     }
 
     /// A node of a job in restore (re)connected: repeat its start order.
