@@ -20,8 +20,7 @@ pub struct ClusterConfig {
 }
 
 /// Card health hysteresis.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct HealthConfig {
     /// A suspect card with no new evidence for this long is healthy again.
     pub quiet_ms: Millis,
@@ -45,8 +44,7 @@ impl Default for HealthConfig {
 }
 
 /// The automatic-quarantine circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BreakerConfig {
     /// Largest share of the cluster's cards quarantined automatically within
     /// the window (at least one node's worth).

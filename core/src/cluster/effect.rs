@@ -126,10 +126,4 @@ pub enum Rejected {
     UnknownNode(NodeId),
     #[error("node {node}: card index {card} is not in its inventory")]
     UnknownCard { node: NodeId, card: u32 },
-    #[error("node {node}: stale boot id {got} (current {current})")]
-    StaleBoot {
-        node: NodeId,
-        got: String,
-        current: String,
-    },
 }
