@@ -376,7 +376,10 @@ fn cluster_metrics(c: &Cluster, now_ms: i64, reg: &mut Registry) {
 /// `GET /api/v1/ledger` (docs/api.md).
 fn ledger_entries(c: &Cluster, now_ms: i64) -> Vec<Value> {
     let rows = c.ledger().rows(now_ms, None, None);
-    vigil_core::ledger::report(&rows, vigil_core::ledger::GroupBy::Job, None)
+    vigil_core::ledger::report_jobs(&rows, None)
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect()
 }
 
 /// LEDGER: publishes ledger entries shaped as in docs/api.md
