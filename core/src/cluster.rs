@@ -45,10 +45,8 @@ pub struct Cluster {
     cfg: ClusterConfig,
     nodes: BTreeMap<NodeId, NodeState>,
     jobs: BTreeMap<JobId, JobState>,
-    incidents: BTreeMap<IncidentId, Incident>,
-    /// Open incident per root cause: (node, card or None for the node).
-    open: BTreeMap<(NodeId, Option<u32>), IncidentId>,
-    next_incident: u64,
+    /// Every incident, and the open one per root cause.
+    book: IncidentBook,
     /// Until then, restored nodes that have not reconnected are not judged.
     grace_until: Millis,
     /// Automatic quarantines within the breaker window: (time, cards).
@@ -75,7 +73,6 @@ impl Cluster {
     pub fn new(cfg: ClusterConfig) -> Self {
         Cluster {
             cfg,
-            next_incident: 1,
             ..Default::default()
         }
     }
@@ -106,22 +103,18 @@ impl Cluster {
             self.nodes.insert(node.id.clone(), node);
         }
         for inc in incidents {
-            self.next_incident = self.next_incident.max(inc.id.0 + 1);
-            if inc.state == IncidentState::Open {
-                self.open
-                    .insert((inc.cause.node.clone(), inc.cause.card), inc.id);
-                if let (Some(card), Some(node)) =
+            if inc.state == IncidentState::Open
+                && let (Some(card), Some(node)) =
                     (inc.cause.card, self.nodes.get_mut(&inc.cause.node))
-                    && let Some(c) = node.cards.get_mut(card as usize)
-                {
-                    c.health = CardHealth::Failed {
-                        at_ms: inc.detected_at.0,
-                        signal: inc.cause.what.clone(),
-                        incident: inc.id,
-                    };
-                }
+                && let Some(c) = node.cards.get_mut(card as usize)
+            {
+                c.health = CardHealth::Failed {
+                    at_ms: inc.detected_at.0,
+                    signal: inc.cause.what.clone(),
+                    incident: inc.id,
+                };
             }
-            self.incidents.insert(inc.id, inc);
+            self.book.restore(inc);
         }
         Vec::new()
     }
@@ -139,11 +132,11 @@ impl Cluster {
     }
 
     pub fn incidents(&self) -> impl DoubleEndedIterator<Item = &Incident> {
-        self.incidents.values()
+        self.book.iter()
     }
 
     pub fn incident(&self, id: IncidentId) -> Option<&Incident> {
-        self.incidents.get(&id)
+        self.book.get(&id)
     }
 
     /// Applies one input at time `now`.
@@ -299,6 +292,7 @@ mod state;
 
 pub use config::{BreakerConfig, ClusterConfig, HealthConfig};
 pub use effect::{ActionRequest, ActionVerb, Effect, Input, Registration, Rejected};
+use incidents::IncidentBook;
 pub use recovery::{Recovery, RecoveryPhase, WorkerCommand};
 pub use state::{
     CardHealth, CardState, CheckpointState, JobRunState, JobState, NodeState, RankState,

@@ -1,7 +1,121 @@
-//! Opening incidents: one open incident per root cause, with later
-//! symptoms folded into it.
+//! The incident book: every incident, and at most one open incident per
+//! root cause (a card, or a whole node), with later symptoms folded into it.
 
 use super::*;
+
+/// Every incident, and the open one per place (a card, or with no card a
+/// whole node). Only the book changes which incident is open where.
+#[derive(Debug, Clone)]
+pub(super) struct IncidentBook {
+    incidents: BTreeMap<IncidentId, Incident>,
+    open: BTreeMap<(NodeId, Option<u32>), IncidentId>,
+    next: u64,
+}
+
+impl Default for IncidentBook {
+    fn default() -> Self {
+        IncidentBook {
+            incidents: BTreeMap::new(),
+            open: BTreeMap::new(),
+            next: 1,
+        }
+    }
+}
+
+impl IncidentBook {
+    pub(super) fn get(&self, id: &IncidentId) -> Option<&Incident> {
+        self.incidents.get(id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &IncidentId) -> Option<&mut Incident> {
+        self.incidents.get_mut(id)
+    }
+
+    pub(super) fn iter(&self) -> impl DoubleEndedIterator<Item = &Incident> {
+        self.incidents.values()
+    }
+
+    /// The incident open at a place.
+    pub(super) fn open_at(&self, node: &NodeId, card: Option<u32>) -> Option<IncidentId> {
+        self.open.get(&(node.clone(), card)).copied()
+    }
+
+    /// The open incident a cause belongs to: its whole node's, else the one
+    /// at its own place.
+    fn covering(&self, cause: &Cause) -> Option<IncidentId> {
+        self.open_at(&cause.node, None)
+            .or_else(|| self.open_at(&cause.node, cause.card))
+    }
+
+    fn next_id(&mut self) -> IncidentId {
+        let id = IncidentId(self.next);
+        self.next += 1;
+        id
+    }
+
+    /// Files a new incident, open at its cause's place (it takes the place
+    /// over from any weaker one there).
+    fn file(&mut self, inc: Incident) {
+        self.open
+            .insert((inc.cause.node.clone(), inc.cause.card), inc.id);
+        self.incidents.insert(inc.id, inc);
+    }
+
+    /// Opens a resolved incident again at its cause's place.
+    pub(super) fn reopen(&mut self, id: IncidentId) -> Option<&mut Incident> {
+        let inc = self.incidents.get_mut(&id)?;
+        inc.state = IncidentState::Open;
+        inc.resolved_at = None;
+        self.open
+            .insert((inc.cause.node.clone(), inc.cause.card), id);
+        Some(inc)
+    }
+
+    /// No incident is open at a place any more; returns the one that was.
+    pub(super) fn close_at(&mut self, node: &NodeId, card: Option<u32>) -> Option<IncidentId> {
+        self.open.remove(&(node.clone(), card))
+    }
+
+    /// Closes every place where incident `id` is open.
+    pub(super) fn close(&mut self, id: IncidentId) {
+        self.open.retain(|_, v| *v != id);
+    }
+
+    /// The places of a node with an open incident: all, or the node's own
+    /// and one card's.
+    pub(super) fn open_places(
+        &self,
+        node: &NodeId,
+        card: Option<u32>,
+    ) -> Vec<(NodeId, Option<u32>)> {
+        self.open
+            .keys()
+            .filter(|(n, c)| n == node && (card.is_none() || *c == card))
+            .cloned()
+            .collect()
+    }
+
+    /// Gives an open incident another cause, at another place (an earlier
+    /// worker exit became the culprit).
+    pub(super) fn move_cause(&mut self, id: IncidentId, cause: Cause) {
+        let Some(inc) = self.incidents.get_mut(&id) else {
+            return;
+        };
+        self.open.remove(&(inc.cause.node.clone(), inc.cause.card));
+        self.open.insert((cause.node.clone(), cause.card), id);
+        inc.cause = cause;
+    }
+
+    /// An incident stored by a previous controller.
+    pub(super) fn restore(&mut self, inc: Incident) {
+        self.next = self.next.max(inc.id.0 + 1);
+        if inc.state == IncidentState::Open {
+            self.open
+                .insert((inc.cause.node.clone(), inc.cause.card), inc.id);
+        }
+        self.incidents.insert(inc.id, inc);
+    }
+}
 
 impl Cluster {
     pub(super) fn culprit(&self, incident: IncidentId, cause: &Cause) -> Culprit {
@@ -32,13 +146,7 @@ impl Cluster {
         action: Action,
         fx: &mut Vec<Effect>,
     ) -> IncidentId {
-        let node_key = (cause.node.clone(), None);
-        let card_key = (cause.node.clone(), cause.card);
-        let existing = self
-            .open
-            .get(&node_key)
-            .or_else(|| self.open.get(&card_key))
-            .copied();
+        let existing = self.book.covering(&cause);
         // A fault that stops the job is not folded into a weaker incident
         // at the same place (a straggler, a degraded card, a hung probe): it
         // opens its own, which takes over that place.
@@ -48,19 +156,18 @@ impl Cluster {
             _ => false,
         };
         let takes_over = existing
-            .and_then(|id| self.incidents.get(&id))
+            .and_then(|id| self.book.get(&id))
             .is_some_and(|i| weak(self, i) && self.stops_job(kind, &cause.what));
         if !takes_over
             && let Some(id) = existing
-            && let Some(inc) = self.incidents.get_mut(&id)
+            && let Some(inc) = self.book.get_mut(&id)
         {
             inc.folded += 1;
             inc.add_evidence(evidence);
             fx.push(Effect::incident(inc));
             return id;
         }
-        let id = IncidentId(self.next_incident);
-        self.next_incident += 1;
+        let id = self.book.next_id();
         let mut inc = Incident {
             id,
             job,
@@ -80,7 +187,6 @@ impl Cluster {
         inc.phase("detect", observed_at.min(now), Some(now));
         inc.phase("localize", now, Some(now));
         inc.add_evidence(evidence);
-        self.open.insert(card_key, id);
         if let Some(job) = inc.job.clone()
             && action != Action::None
             && self.stops_job(kind, &inc.cause.what)
@@ -100,7 +206,7 @@ impl Cluster {
             Box::new(inc.clone()),
             IncidentChange::Opened,
         ));
-        self.incidents.insert(id, inc);
+        self.book.file(inc);
         id
     }
 

@@ -393,15 +393,19 @@ impl Cluster {
             let Some((node, card)) = self.rank_place(job_id, rank) else {
                 continue;
             };
-            if let Some(id) = self.open.get(&(node.clone(), card)).copied()
-                && let Some(inc) = self.incidents.get_mut(&id)
-                && inc.kind == IncidentKind::Straggler
+            if let Some(id) = self.book.open_at(&node, card)
+                && self
+                    .book
+                    .get(&id)
+                    .is_some_and(|i| i.kind == IncidentKind::Straggler)
             {
-                inc.add_evidence(format!("rank {rank} back to its peers' speed"));
-                self.ledger.straggler(job_id, None, 0);
-                inc.resolve(now);
-                self.open.remove(&(node.clone(), card));
-                fx.push(Effect::incident(inc));
+                self.book.close_at(&node, card);
+                if let Some(inc) = self.book.get_mut(&id) {
+                    inc.add_evidence(format!("rank {rank} back to its peers' speed"));
+                    self.ledger.straggler(job_id, None, 0);
+                    inc.resolve(now);
+                    fx.push(Effect::incident(inc));
+                }
             }
             if let Some(c) = card.and_then(|c| self.card_mut(&node, c))
                 && matches!(
@@ -691,7 +695,7 @@ impl Cluster {
         let Some((id, first_at)) = j.exit_incident else {
             return false;
         };
-        let Some(inc) = self.incidents.get_mut(&id) else {
+        let Some(inc) = self.book.get_mut(&id) else {
             return false;
         };
         if inc.state != IncidentState::Open || (at - first_at).abs() > window {
@@ -701,12 +705,12 @@ impl Cluster {
         inc.add_evidence(evidence.to_owned());
         if at < first_at {
             // This one failed first: it is the culprit.
-            self.open.remove(&(inc.cause.node.clone(), inc.cause.card));
-            inc.cause = cause.clone();
-            self.open.insert((cause.node.clone(), cause.card), id);
+            self.book.move_cause(id, cause.clone());
             j.exit_incident = Some((id, at));
         }
-        fx.push(Effect::incident(inc));
+        if let Some(inc) = self.book.get(&id) {
+            fx.push(Effect::incident(inc));
+        }
         true
     }
 }

@@ -149,8 +149,9 @@ impl Cluster {
     pub(super) fn node_came_back(&mut self, id: &NodeId, now: Millis, fx: &mut Vec<Effect>) {
         fx.push(Effect::Feed(FeedEvent::NodeRecovered { node: id.clone() }));
         let same_boot = self.nodes.get(id).map(|n| n.boot_id.clone());
-        if let Some(inc_id) = self.open.get(&(id.clone(), None)).copied()
-            && let Some(inc) = self.incidents.get_mut(&inc_id)
+        let cordoned = self.nodes.get(id).is_some_and(|n| n.cordoned.is_some());
+        if let Some(inc_id) = self.book.open_at(id, None)
+            && let Some(inc) = self.book.get_mut(&inc_id)
             && matches!(inc.kind, IncidentKind::NodeLost | IncidentKind::Network)
         {
             // The same agent boot came back: the node never died, its
@@ -162,15 +163,16 @@ impl Cluster {
                 }
             }
             inc.add_evidence(format!("{id} heard from again at {}", Timestamp(now)));
-            if self.nodes.get(id).is_some_and(|n| n.cordoned.is_some()) {
+            if cordoned {
                 // A cordoned (flapping) node stays an open incident until an
                 // operator uncordons it.
                 fx.push(Effect::incident(inc));
                 return;
             }
             inc.resolve(now);
-            self.open.remove(&(id.clone(), None));
-            fx.push(Effect::incident(inc));
+            let resolved = Effect::incident(inc);
+            self.book.close_at(id, None);
+            fx.push(resolved);
         }
     }
 
@@ -267,24 +269,26 @@ impl Cluster {
         }
         losses.push_back(now);
         let count = losses.len() as u32;
-        let recent = self.incidents.values_mut().rev().find(|i| {
-            i.cause.node == id
-                && i.cause.card.is_none()
-                && matches!(i.kind, IncidentKind::NodeLost | IncidentKind::Network)
-                && i.detected_at.0 >= now - hc.flap_window_ms
-        });
+        let recent = self
+            .book
+            .iter()
+            .rev()
+            .find(|i| {
+                i.cause.node == id
+                    && i.cause.card.is_none()
+                    && matches!(i.kind, IncidentKind::NodeLost | IncidentKind::Network)
+                    && i.detected_at.0 >= now - hc.flap_window_ms
+            })
+            .map(|i| i.id);
         if count > 1
-            && let Some(inc) = recent
+            && let Some(inc_id) = recent
+            && let Some(inc) = self.book.reopen(inc_id)
         {
-            let inc_id = inc.id;
-            inc.state = IncidentState::Open;
-            inc.resolved_at = None;
             inc.folded += 1;
             inc.add_evidence(format!(
                 "{evidence}; lost {count} times within {} ms",
                 hc.flap_window_ms
             ));
-            self.open.insert((id.clone(), None), inc_id);
             if count >= hc.flap_losses {
                 inc.kind = IncidentKind::Network;
                 inc.cause.what = CauseKind::Flapping;
@@ -323,7 +327,7 @@ impl Cluster {
             action,
             fx,
         );
-        if let Some(i) = self.incidents.get_mut(&inc) {
+        if let Some(i) = self.book.get_mut(&inc) {
             i.note_lost_boot(&boot);
         }
     }

@@ -107,7 +107,7 @@ impl Cluster {
     /// every recovery on as far as it can go now.
     pub(super) fn drive_recoveries(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         for id in std::mem::take(&mut self.pending_recovery) {
-            let Some(inc) = self.incidents.get(&id) else {
+            let Some(inc) = self.book.get(&id) else {
                 continue;
             };
             let Some(job) = inc.job.clone() else { continue };
@@ -176,7 +176,7 @@ impl Cluster {
     /// incident; the incident records the request.
     fn external_restart(&mut self, id: IncidentId, job: &JobId, fx: &mut Vec<Effect>) {
         let checkpoint = self.newest_usable(job, &[]);
-        let Some(inc) = self.incidents.get_mut(&id) else {
+        let Some(inc) = self.book.get_mut(&id) else {
             return;
         };
         let reason = format!("{} {}", inc.kind.as_str(), inc.cause.what);
@@ -242,7 +242,7 @@ impl Cluster {
             Some(c) => format!("restore from checkpoint step {} ({})", c.step, c.path),
             None => "restart from scratch (no complete checkpoint)".to_owned(),
         });
-        let Some(inc) = self.incidents.get_mut(&id) else {
+        let Some(inc) = self.book.get_mut(&id) else {
             return;
         };
         inc.add_evidence(format!("shadow mode, not done: {}", plan.join("; ")));
@@ -264,7 +264,7 @@ impl Cluster {
             .unwrap_or_default();
         let mut out = Vec::new();
         for id in ids {
-            if let Some(inc) = self.incidents.get_mut(&id) {
+            if let Some(inc) = self.book.get_mut(&id) {
                 f(inc);
                 out.push(Effect::incident(inc));
             }
@@ -328,7 +328,7 @@ impl Cluster {
             .collect();
         if broken.len() > idle.len() {
             let waiting = r.incidents.iter().any(|id| {
-                self.incidents.get(id).is_some_and(|i| {
+                self.book.get(id).is_some_and(|i| {
                     i.phases
                         .iter()
                         .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
@@ -449,7 +449,7 @@ impl Cluster {
     pub fn restore_recoveries(&mut self, recoveries: Vec<Recovery>) {
         for r in recoveries {
             let live = r.incidents.iter().any(|id| {
-                self.incidents
+                self.book
                     .get(id)
                     .is_some_and(|i| i.state == IncidentState::Open)
             });
@@ -626,7 +626,7 @@ impl Cluster {
         });
         fx.extend(ev);
         for id in &r.incidents {
-            self.open.retain(|_, v| v != id);
+            self.book.close(*id);
         }
         self.recoveries.remove(job);
         fx.push(Effect::RecoveryDone(job.clone()));

@@ -78,7 +78,7 @@ impl Cluster {
             return true;
         }
         if cards > self.quarantine_allowance(now) {
-            if let Some(inc) = self.incidents.get_mut(&incident) {
+            if let Some(inc) = self.book.get_mut(&incident) {
                 inc.add_evidence("automatic quarantine withheld: circuit breaker open".to_owned());
                 fx.push(Effect::incident(inc));
             }
@@ -95,7 +95,7 @@ impl Cluster {
         }
         self.quarantines.push_back((now, cards));
         self.apply_quarantine(node, card, reason, Some(incident), now, fx);
-        if let Some(inc) = self.incidents.get_mut(&incident) {
+        if let Some(inc) = self.book.get_mut(&incident) {
             inc.phase("isolate", now, Some(now));
             inc.add_evidence(match card {
                 Some(c) => format!("quarantined {node}/{c}"),
@@ -116,7 +116,7 @@ impl Cluster {
         fx: &mut Vec<Effect>,
     ) {
         let job = incident
-            .and_then(|id| self.incidents.get(&id))
+            .and_then(|id| self.book.get(&id))
             .and_then(|i| i.job.clone())
             .or_else(|| self.nodes.get(node).and_then(|n| n.job.clone()));
         let Some(n) = self.nodes.get_mut(node) else {
@@ -217,15 +217,10 @@ impl Cluster {
             checkpoint: None,
         })));
         // The operator's clearance closes the open incidents it covers.
-        let keys: Vec<(NodeId, Option<u32>)> = self
-            .open
-            .keys()
-            .filter(|(n, c)| *n == node && (card.is_none() || *c == card))
-            .cloned()
-            .collect();
+        let keys = self.book.open_places(&node, card);
         for k in keys {
-            if let Some(id) = self.open.remove(&k)
-                && let Some(inc) = self.incidents.get_mut(&id)
+            if let Some(id) = self.book.close_at(&k.0, k.1)
+                && let Some(inc) = self.book.get_mut(&id)
             {
                 inc.add_evidence("cleared by an operator".to_owned());
                 inc.resolve(now);
