@@ -21,7 +21,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use vigil_core::cluster::{CheckpointState, Recovery, RecoveryPhase};
 use vigil_core::incident::{
-    Cause, CheckpointRef, Incident, IncidentKind, IncidentState, PhaseSpan,
+    Cause, CauseKind, CheckpointRef, Incident, IncidentKind, IncidentState, PhaseSpan, lost_boot_in,
 };
 use vigil_core::ledger::{Culprit, Cursor};
 use vigil_core::model::CardInfo;
@@ -152,7 +152,7 @@ impl From<&Incident> for IncidentDoc {
                 node: i.cause.node.clone(),
                 card: i.cause.card,
                 rank: i.cause.rank,
-                signal: i.cause.signal.clone(),
+                signal: i.cause.what.to_string(),
             },
             detected_at: i.detected_at,
             resolved_at: i.resolved_at,
@@ -196,7 +196,7 @@ impl TryFrom<IncidentDoc> for Incident {
                 node: d.cause.node,
                 card: d.cause.card,
                 rank: d.cause.rank,
-                signal: d.cause.signal,
+                what: CauseKind::parse(&d.cause.signal),
             },
             detected_at: d.detected_at,
             resolved_at: d.resolved_at,
@@ -212,6 +212,7 @@ impl TryFrom<IncidentDoc> for Incident {
             action: d.action,
             checkpoint: d.checkpoint.map(CheckpointRef::from),
             lost_steps: d.lost_steps,
+            lost_boot: lost_boot_in(&d.evidence),
             evidence: d.evidence,
             folded: d.folded,
         })

@@ -622,7 +622,7 @@ mod tests {
         store.save_incidents(&[new]).await.expect("save");
         let both = store.incidents().await.expect("load both");
         assert_eq!(both.len(), 2);
-        assert_eq!(both[0].cause.signal, both[1].cause.signal);
+        assert_eq!(both[0].cause.what, both[1].cause.what);
         let row = sqlx::query("SELECT body_json FROM incidents WHERE id = 4")
             .fetch_one(store.pool())
             .await

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod feed;
 pub mod ids;
 pub mod incident;
 pub mod ledger;

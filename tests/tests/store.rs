@@ -2,8 +2,8 @@
 
 use vigil_controller::store::Store;
 use vigil_core::cluster::Registration;
-use vigil_core::incident::{Cause, Incident, IncidentKind, IncidentState};
-use vigil_core::model::{AgentEvent, CardInfo, EventBody};
+use vigil_core::incident::{Cause, CauseKind, Incident, IncidentKind, IncidentState};
+use vigil_core::model::{AgentEvent, CardInfo, EventBody, Signal};
 use vigil_core::{IncidentId, NodeId, Timestamp};
 
 fn ev(seq: u64) -> AgentEvent {
@@ -66,7 +66,7 @@ async fn exercise(store: &Store, tag: &str) {
             node: node.clone(),
             card: Some(0),
             rank: None,
-            signal: "xid:79".into(),
+            what: CauseKind::Card(Signal::Xid(79)),
         },
         detected_at: Timestamp(1000),
         resolved_at: None,
@@ -76,6 +76,7 @@ async fn exercise(store: &Store, tag: &str) {
         lost_steps: None,
         evidence: vec!["x".into()],
         folded: 0,
+        lost_boot: None,
     };
     store
         .save_incidents(std::slice::from_ref(&inc))

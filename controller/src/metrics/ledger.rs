@@ -8,7 +8,16 @@ use vigil_core::ledger::LedgerRow;
 /// The ledger entries of the cluster, one per job, in the JSON shape of
 /// `GET /api/v1/ledger` (docs/api.md).
 pub(super) fn entries(rows: &[LedgerRow]) -> Vec<Value> {
-    vigil_core::ledger::report(rows, vigil_core::ledger::GroupBy::Job, None)
+    vigil_core::ledger::report_jobs(rows, None)
+        .iter()
+        .filter_map(|e| match serde_json::to_value(e) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                tracing::warn!(job = %e.job, error = %err, "cannot encode a ledger entry");
+                None
+            }
+        })
+        .collect()
 }
 
 /// LEDGER: publishes ledger entries shaped as in docs/api.md

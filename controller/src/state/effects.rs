@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use vigil_core::cluster::{ActionRequest, Effect, WorkerCommand};
-use vigil_core::incident::{Incident, IncidentState};
+use vigil_core::incident::{Incident, IncidentChange};
 use vigil_core::{Millis, NodeId};
 use vigil_proto::v1 as pb;
 
@@ -51,7 +51,7 @@ impl StateTask {
         let mut abort_after = false;
         for e in fx {
             match e {
-                Effect::Feed { kind, data } => self.publish(kind, data, now).await,
+                Effect::Feed(ev) => self.publish(ev.kind(), ev.data(), now).await,
                 Effect::Recovery(r) => {
                     // Write ahead: the orders that follow are sent only once
                     // the recovery that implies them is on disk.
@@ -94,7 +94,7 @@ impl StateTask {
                     let body = pb::command::Body::Quarantine(pb::Quarantine { card, reason });
                     self.command(&node, body);
                 }
-                Effect::Incident(inc) => self.incident(inc, now).await,
+                Effect::Incident(inc, change) => self.incident(inc, change, now).await,
             }
         }
         if abort_after {
@@ -107,14 +107,8 @@ impl StateTask {
 
     /// Publishes and stores an incident; the feed kind says whether it was
     /// opened, updated or resolved.
-    async fn incident(&mut self, inc: Box<Incident>, now: Millis) {
-        let kind = if inc.state == IncidentState::Resolved {
-            "incident_resolved"
-        } else if inc.folded == 0 && inc.evidence.len() <= 1 {
-            "incident_opened"
-        } else {
-            "incident_updated"
-        };
+    async fn incident(&mut self, inc: Box<Incident>, change: IncidentChange, now: Millis) {
+        let kind = change.kind();
         let data = match serde_json::to_value(&*inc) {
             Ok(v) => v,
             Err(e) => {

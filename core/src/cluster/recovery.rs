@@ -107,7 +107,7 @@ impl Cluster {
     /// every recovery on as far as it can go now.
     pub(super) fn drive_recoveries(&mut self, now: Millis, fx: &mut Vec<Effect>) {
         for id in std::mem::take(&mut self.pending_recovery) {
-            let Some(inc) = self.incidents.get(&id) else {
+            let Some(inc) = self.book.get(&id) else {
                 continue;
             };
             let Some(job) = inc.job.clone() else { continue };
@@ -176,10 +176,10 @@ impl Cluster {
     /// incident; the incident records the request.
     fn external_restart(&mut self, id: IncidentId, job: &JobId, fx: &mut Vec<Effect>) {
         let checkpoint = self.newest_usable(job, &[]);
-        let Some(inc) = self.incidents.get_mut(&id) else {
+        let Some(inc) = self.book.get_mut(&id) else {
             return;
         };
-        let reason = format!("{} {}", inc.kind.as_str(), inc.cause.signal);
+        let reason = format!("{} {}", inc.kind.as_str(), inc.cause.what);
         inc.add_evidence(match &checkpoint {
             Some(c) => format!(
                 "asked the action back-ends to restart {job} (newest complete checkpoint: step {})",
@@ -188,7 +188,7 @@ impl Cluster {
             None => format!("asked the action back-ends to restart {job} (no complete checkpoint)"),
         });
         inc.checkpoint = checkpoint.clone();
-        fx.push(Effect::Incident(Box::new(inc.clone())));
+        fx.push(Effect::incident(inc));
         fx.push(Effect::Action(Box::new(ActionRequest {
             verb: ActionVerb::Restart,
             incident: Some(id),
@@ -242,16 +242,18 @@ impl Cluster {
             Some(c) => format!("restore from checkpoint step {} ({})", c.step, c.path),
             None => "restart from scratch (no complete checkpoint)".to_owned(),
         });
-        let Some(inc) = self.incidents.get_mut(&id) else {
+        let Some(inc) = self.book.get_mut(&id) else {
             return;
         };
         inc.add_evidence(format!("shadow mode, not done: {}", plan.join("; ")));
         inc.checkpoint = checkpoint.clone();
-        fx.push(Effect::Incident(Box::new(inc.clone())));
-        fx.push(Effect::Feed {
-            kind: "shadow_action",
-            data: json!({ "incident": id, "job": job, "plan": plan, "checkpoint": checkpoint }),
-        });
+        fx.push(Effect::incident(inc));
+        fx.push(Effect::Feed(FeedEvent::ShadowAction {
+            incident: id,
+            job: job.clone(),
+            plan,
+            checkpoint,
+        }));
     }
 
     fn note(&mut self, job: &JobId, f: impl Fn(&mut Incident)) -> Vec<Effect> {
@@ -262,9 +264,9 @@ impl Cluster {
             .unwrap_or_default();
         let mut out = Vec::new();
         for id in ids {
-            if let Some(inc) = self.incidents.get_mut(&id) {
+            if let Some(inc) = self.book.get_mut(&id) {
                 f(inc);
-                out.push(Effect::Incident(Box::new(inc.clone())));
+                out.push(Effect::incident(inc));
             }
         }
         out
@@ -275,122 +277,128 @@ impl Cluster {
             return;
         };
         match r.phase {
-            RecoveryPhase::Isolate => {
-                self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
-                self.persist(job, fx);
-                for node in self.placement(job) {
-                    if self
-                        .nodes
-                        .get(&node)
-                        .is_some_and(|n| !matches!(n.liveness, Liveness::Lost { .. }))
-                    {
-                        fx.push(Effect::Worker {
-                            node,
-                            command: WorkerCommand::Stop {
-                                grace_s: STOP_GRACE_S,
-                            },
-                        });
-                    }
-                }
-                let ev = self.note(job, |inc| {
-                    if !inc.phases.iter().any(|p| p.name == "isolate") {
-                        inc.phase("isolate", now, Some(now));
-                    }
-                    inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
-                });
-                fx.extend(ev);
-                self.advance(job, now, fx);
-            }
-            RecoveryPhase::WaitingForCapacity => {
-                let broken: Vec<NodeId> = self
-                    .placement(job)
-                    .into_iter()
-                    .filter(|n| !self.node_usable(n))
-                    .collect();
-                let mut idle: Vec<NodeId> = self
-                    .nodes
-                    .values()
-                    .filter(|n| {
-                        n.spare && n.supervises && n.job.is_none() && self.node_usable(&n.id)
-                    })
-                    .map(|n| n.id.clone())
-                    .collect();
-                if broken.len() > idle.len() {
-                    let waiting = r.incidents.iter().any(|id| {
-                        self.incidents.get(id).is_some_and(|i| {
-                            i.phases
-                                .iter()
-                                .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
-                        })
-                    });
-                    if !waiting {
-                        self.ledger.waiting(job, now, true);
-                        let need = broken.len();
-                        let ev = self.note(job, |inc| {
-                            inc.phase("waiting_for_capacity", now, None);
-                            inc.add_evidence(format!("waiting for {need} spare node(s)"));
-                        });
-                        fx.extend(ev);
-                        fx.push(Effect::Feed {
-                            kind: "waiting_for_capacity",
-                            data: json!({ "job": job, "need": broken.len(), "idle_spares": idle.len() }),
-                        });
-                    }
-                    return;
-                }
-                let mut replaced = Vec::new();
-                for old in broken {
-                    let Some(spare) = idle.pop() else { break };
-                    if let Some(n) = self.nodes.get_mut(&spare) {
-                        n.job = Some(job.clone());
-                        n.spare = false;
-                        n.role_assigned = true;
-                    }
-                    if let Some(n) = self.nodes.get_mut(&old) {
-                        n.job = None;
-                        n.role_assigned = true;
-                    }
-                    fx.push(Effect::NodeRole {
-                        node: spare.clone(),
-                        job: Some(job.clone()),
-                        spare: false,
-                    });
-                    fx.push(Effect::NodeRole {
-                        node: old.clone(),
-                        job: None,
-                        spare: self.nodes.get(&old).is_some_and(|n| n.spare),
-                    });
-                    replaced.push((old.clone(), spare.clone()));
-                    if let Some(rec) = self.recoveries.get_mut(job) {
-                        rec.replacements.insert(old, spare);
-                    }
-                }
-                let action = if replaced.is_empty() {
-                    "restart_in_place"
-                } else {
-                    "replace_node"
-                };
-                self.ledger.waiting(job, now, false);
-                let ev = self.note(job, |inc| {
-                    for p in inc
-                        .phases
-                        .iter_mut()
-                        .filter(|p| p.name == "waiting_for_capacity" && p.end.is_none())
-                    {
-                        p.end = Some(Timestamp(now));
-                    }
-                    inc.action = Some(action.to_owned());
-                    for (old, spare) in &replaced {
-                        inc.add_evidence(format!("spare {spare} replaces {old}"));
-                    }
-                });
-                fx.extend(ev);
-                self.set_phase(job, RecoveryPhase::Restore, now);
-                self.start_workers(job, now, fx);
-            }
+            RecoveryPhase::Isolate => self.isolate(job, now, fx),
+            RecoveryPhase::WaitingForCapacity => self.find_capacity(job, &r, now, fx),
             RecoveryPhase::Restore => {}
             RecoveryPhase::Resume => {}
         }
+    }
+
+    /// Stops the job's workers on every reachable node.
+    fn isolate(&mut self, job: &JobId, now: Millis, fx: &mut Vec<Effect>) {
+        self.set_phase(job, RecoveryPhase::WaitingForCapacity, now);
+        self.persist(job, fx);
+        for node in self.placement(job) {
+            if self
+                .nodes
+                .get(&node)
+                .is_some_and(|n| !matches!(n.liveness, Liveness::Lost { .. }))
+            {
+                fx.push(Effect::Worker {
+                    node,
+                    command: WorkerCommand::Stop {
+                        grace_s: STOP_GRACE_S,
+                    },
+                });
+            }
+        }
+        let ev = self.note(job, |inc| {
+            if !inc.phases.iter().any(|p| p.name == "isolate") {
+                inc.phase("isolate", now, Some(now));
+            }
+            inc.add_evidence(format!("stopped the job's workers at {}", Timestamp(now)));
+        });
+        fx.extend(ev);
+        self.advance(job, now, fx);
+    }
+
+    /// Gives each broken node's ranks to an idle spare and restores, or
+    /// waits (recorded) until there are enough spares.
+    fn find_capacity(&mut self, job: &JobId, r: &Recovery, now: Millis, fx: &mut Vec<Effect>) {
+        let broken: Vec<NodeId> = self
+            .placement(job)
+            .into_iter()
+            .filter(|n| !self.node_usable(n))
+            .collect();
+        let mut idle: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.spare && n.supervises && n.job.is_none() && self.node_usable(&n.id))
+            .map(|n| n.id.clone())
+            .collect();
+        if broken.len() > idle.len() {
+            let waiting = r.incidents.iter().any(|id| {
+                self.book.get(id).is_some_and(|i| {
+                    i.phases
+                        .iter()
+                        .any(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+                })
+            });
+            if !waiting {
+                self.ledger.waiting(job, now, true);
+                let need = broken.len();
+                let ev = self.note(job, |inc| {
+                    inc.phase("waiting_for_capacity", now, None);
+                    inc.add_evidence(format!("waiting for {need} spare node(s)"));
+                });
+                fx.extend(ev);
+                fx.push(Effect::Feed(FeedEvent::WaitingForCapacity {
+                    job: job.clone(),
+                    need: broken.len(),
+                    idle_spares: idle.len(),
+                }));
+            }
+            return;
+        }
+        let mut replaced = Vec::new();
+        for old in broken {
+            let Some(spare) = idle.pop() else { break };
+            if let Some(n) = self.nodes.get_mut(&spare) {
+                n.job = Some(job.clone());
+                n.spare = false;
+                n.role_assigned = true;
+            }
+            if let Some(n) = self.nodes.get_mut(&old) {
+                n.job = None;
+                n.role_assigned = true;
+            }
+            fx.push(Effect::NodeRole {
+                node: spare.clone(),
+                job: Some(job.clone()),
+                spare: false,
+            });
+            fx.push(Effect::NodeRole {
+                node: old.clone(),
+                job: None,
+                spare: self.nodes.get(&old).is_some_and(|n| n.spare),
+            });
+            replaced.push((old.clone(), spare.clone()));
+            if let Some(rec) = self.recoveries.get_mut(job) {
+                rec.replacements.insert(old, spare);
+            }
+        }
+        let action = if replaced.is_empty() {
+            "restart_in_place"
+        } else {
+            "replace_node"
+        };
+        self.ledger.waiting(job, now, false);
+        let ev = self.note(job, |inc| {
+            for p in inc
+                .phases
+                .iter_mut()
+                .filter(|p| p.name == "waiting_for_capacity" && p.end.is_none())
+            {
+                p.end = Some(Timestamp(now));
+            }
+            inc.action = Some(action.to_owned());
+            for (old, spare) in &replaced {
+                inc.add_evidence(format!("spare {spare} replaces {old}"));
+            }
+        });
+        fx.extend(ev);
+        self.set_phase(job, RecoveryPhase::Restore, now);
+        self.start_workers(job, now, fx);
     }
 
     /// A node of a job in restore (re)connected: repeat its start order.
@@ -441,7 +449,7 @@ impl Cluster {
     pub fn restore_recoveries(&mut self, recoveries: Vec<Recovery>) {
         for r in recoveries {
             let live = r.incidents.iter().any(|id| {
-                self.incidents
+                self.book
                     .get(id)
                     .is_some_and(|i| i.state == IncidentState::Open)
             });
@@ -518,10 +526,11 @@ impl Cluster {
             });
         });
         fx.extend(ev);
-        fx.push(Effect::Feed {
-            kind: "recovery_restore",
-            data: json!({ "job": job, "checkpoint": ckpt, "restart": restart_count }),
-        });
+        fx.push(Effect::Feed(FeedEvent::RecoveryRestore {
+            job: job.clone(),
+            checkpoint: ckpt,
+            restart: restart_count,
+        }));
     }
 
     /// A worker of a job in restore exited: the checkpoint could not be
@@ -617,13 +626,14 @@ impl Cluster {
         });
         fx.extend(ev);
         for id in &r.incidents {
-            self.open.retain(|_, v| v != id);
+            self.book.close(*id);
         }
         self.recoveries.remove(job);
         fx.push(Effect::RecoveryDone(job.clone()));
-        fx.push(Effect::Feed {
-            kind: "recovery_done",
-            data: json!({ "job": job, "resumed_at_step": step, "lost_steps": lost }),
-        });
+        fx.push(Effect::Feed(FeedEvent::RecoveryDone {
+            job: job.clone(),
+            resumed_at_step: step,
+            lost_steps: lost,
+        }));
     }
 }

@@ -58,10 +58,7 @@ impl Cluster {
         }
         if self.breaker_open_since.is_some() && self.quarantines.is_empty() {
             self.breaker_open_since = None;
-            fx.push(Effect::Feed {
-                kind: "circuit_breaker_closed",
-                data: json!({ "note": "automatic quarantine resumes" }),
-            });
+            fx.push(Effect::Feed(FeedEvent::BreakerClosed));
         }
         let Some(n) = self.nodes.get(node) else {
             return false;
@@ -81,34 +78,30 @@ impl Cluster {
             return true;
         }
         if cards > self.quarantine_allowance(now) {
-            if let Some(inc) = self.incidents.get_mut(&incident) {
+            if let Some(inc) = self.book.get_mut(&incident) {
                 inc.add_evidence("automatic quarantine withheld: circuit breaker open".to_owned());
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
             if self.breaker_open_since.is_none() {
                 self.breaker_open_since = Some(now);
                 let (total, _) = self.capacity();
-                fx.push(Effect::Feed {
-                    kind: "alert",
-                    data: json!({
-                        "alert": "circuit_breaker_open",
-                        "note": format!(
-                            "more than {:.0}% of the cluster's {total} cards would be quarantined within {} s; automatic quarantine stopped, operator review needed",
-                            self.cfg.breaker.share * 100.0, window / 1000),
-                    }),
-                });
+                fx.push(Effect::Feed(FeedEvent::BreakerOpen {
+                    share: self.cfg.breaker.share,
+                    cards: total,
+                    window_ms: window,
+                }));
             }
             return false;
         }
         self.quarantines.push_back((now, cards));
         self.apply_quarantine(node, card, reason, Some(incident), now, fx);
-        if let Some(inc) = self.incidents.get_mut(&incident) {
+        if let Some(inc) = self.book.get_mut(&incident) {
             inc.phase("isolate", now, Some(now));
             inc.add_evidence(match card {
                 Some(c) => format!("quarantined {node}/{c}"),
                 None => format!("cordoned {node}"),
             });
-            fx.push(Effect::Incident(Box::new(inc.clone())));
+            fx.push(Effect::incident(inc));
         }
         true
     }
@@ -123,7 +116,7 @@ impl Cluster {
         fx: &mut Vec<Effect>,
     ) {
         let job = incident
-            .and_then(|id| self.incidents.get(&id))
+            .and_then(|id| self.book.get(&id))
             .and_then(|i| i.job.clone())
             .or_else(|| self.nodes.get(node).and_then(|n| n.job.clone()));
         let Some(n) = self.nodes.get_mut(node) else {
@@ -146,10 +139,11 @@ impl Cluster {
                 }
             }
         }
-        fx.push(Effect::Feed {
-            kind: "quarantined",
-            data: json!({ "node": node, "card": card, "reason": reason }),
-        });
+        fx.push(Effect::Feed(FeedEvent::Quarantined {
+            node: node.clone(),
+            card,
+            reason: reason.to_owned(),
+        }));
         fx.push(Effect::Quarantine {
             node: node.clone(),
             card,
@@ -209,10 +203,10 @@ impl Cluster {
                 }
             }
         }
-        fx.push(Effect::Feed {
-            kind: "uncordoned",
-            data: json!({ "node": node, "card": card }),
-        });
+        fx.push(Effect::Feed(FeedEvent::Uncordoned {
+            node: node.clone(),
+            card,
+        }));
         fx.push(Effect::Action(Box::new(ActionRequest {
             verb: ActionVerb::Release,
             incident: None,
@@ -223,19 +217,14 @@ impl Cluster {
             checkpoint: None,
         })));
         // The operator's clearance closes the open incidents it covers.
-        let keys: Vec<(NodeId, Option<u32>)> = self
-            .open
-            .keys()
-            .filter(|(n, c)| *n == node && (card.is_none() || *c == card))
-            .cloned()
-            .collect();
+        let keys = self.book.open_places(&node, card);
         for k in keys {
-            if let Some(id) = self.open.remove(&k)
-                && let Some(inc) = self.incidents.get_mut(&id)
+            if let Some(id) = self.book.close_at(&k.0, k.1)
+                && let Some(inc) = self.book.get_mut(&id)
             {
                 inc.add_evidence("cleared by an operator".to_owned());
                 inc.resolve(now);
-                fx.push(Effect::Incident(Box::new(inc.clone())));
+                fx.push(Effect::incident(inc));
             }
         }
         if card.is_none() {
@@ -263,7 +252,7 @@ impl Cluster {
             node: node.clone(),
             card: Some(card),
             rank,
-            signal: "thermal".to_owned(),
+            what: CauseKind::Card(Signal::Thermal),
         };
         self.open_incident(
             IncidentKind::CardFault,
@@ -280,7 +269,7 @@ impl Cluster {
         {
             c.health = CardHealth::Suspect {
                 since_ms: now,
-                reason: "sustained thermal throttling".to_owned(),
+                reason: SuspectReason::SustainedThermal,
             };
         }
     }
@@ -298,10 +287,10 @@ impl Cluster {
                     && c.sample.as_ref().is_some_and(|s| !s.unreachable)
                 {
                     c.health = CardHealth::Healthy;
-                    fx.push(Effect::Feed {
-                        kind: "card_health",
-                        data: json!({ "node": n.id, "card": c.info.index, "health": "healthy", "note": "quiet period passed" }),
-                    });
+                    fx.push(Effect::Feed(FeedEvent::CardHealthy {
+                        node: n.id.clone(),
+                        card: c.info.index,
+                    }));
                 }
             }
         }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::model::CheckpointReport;
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn node(s: &str) -> NodeId {
     NodeId::new(s).expect("valid node id")
@@ -100,7 +101,7 @@ fn start(c: &mut Cluster, name: &str, rank: u32, card: u32, world: u32, now: Mil
 fn incidents(fx: &[Effect]) -> Vec<&Incident> {
     let mut out: Vec<&Incident> = Vec::new();
     for e in fx {
-        if let Effect::Incident(i) = e {
+        if let Effect::Incident(i, _) = e {
             match out.iter_mut().find(|o| o.id == i.id) {
                 Some(o) => *o = &**i,
                 None => out.push(&**i),
@@ -232,7 +233,7 @@ fn xid_79_fails_the_card_and_names_the_rank() {
     assert_eq!(i.kind, IncidentKind::CardFault);
     assert_eq!(i.cause.card, Some(5));
     assert_eq!(i.cause.rank, Some(21));
-    assert_eq!(i.cause.signal, "xid:79");
+    assert_eq!(i.cause.what.to_string(), "xid:79");
     assert_eq!(i.job, Some(job("pretrain")));
     assert_eq!(i.action.as_deref(), Some("drain_node"));
     let names: Vec<_> = i.phases.iter().map(|p| p.name.as_str()).collect();
@@ -329,13 +330,10 @@ fn checkpoints_complete_when_every_rank_reports() {
     let j = c.jobs().next().expect("job");
     assert!(j.latest_complete_checkpoint().is_none());
     let fx = ev(&mut c, "n0", ck(1), 3);
-    assert!(fx.iter().any(|e| matches!(
-        e,
-        Effect::Feed {
-            kind: "checkpoint_complete",
-            ..
-        }
-    )));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Feed(FeedEvent::CheckpointComplete { .. })))
+    );
     let j = c.jobs().next().expect("job");
     assert_eq!(j.latest_complete_checkpoint().map(|c| c.step), Some(10));
 }
@@ -568,10 +566,10 @@ fn quarantines(fx: &[Effect]) -> Vec<(NodeId, Option<u32>)> {
         .collect()
 }
 
-fn feeds<'a>(fx: &'a [Effect], kind: &str) -> Vec<&'a Value> {
+fn feeds(fx: &[Effect], kind: &str) -> Vec<Value> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Feed { kind: k, data } if *k == kind => Some(data),
+            Effect::Feed(ev) if ev.kind() == kind => Some(ev.data()),
             _ => None,
         })
         .collect()
@@ -721,7 +719,7 @@ fn only_sustained_throttling_opens_an_incident() {
     }
     assert_eq!(opened, 1);
     let inc = c.incidents().next().expect("incident");
-    assert_eq!(inc.cause.signal, "thermal");
+    assert_eq!(inc.cause.what.to_string(), "thermal");
     assert_eq!(inc.cause.card, Some(4));
     // Throttling is not fatal: suspect, not quarantined.
     assert_eq!(
@@ -811,7 +809,7 @@ fn a_flapping_node_is_one_incident_and_is_cordoned() {
     let incs: Vec<&Incident> = c.incidents().collect();
     assert_eq!(incs.len(), 1, "{incs:#?}");
     assert_eq!(incs[0].kind, IncidentKind::Network);
-    assert_eq!(incs[0].cause.signal, "flapping");
+    assert_eq!(incs[0].cause.what.to_string(), "flapping");
     assert_eq!(incs[0].state, IncidentState::Open);
     assert!(c.node(&node("n0")).expect("node").cordoned.is_some());
 }
@@ -823,7 +821,7 @@ fn a_single_partition_heals_into_a_network_incident() {
     let inc = c.incidents().next().expect("incident");
     assert_eq!(inc.kind, IncidentKind::Network);
     assert_eq!(inc.state, IncidentState::Resolved);
-    assert_eq!(inc.cause.signal, "partition");
+    assert_eq!(inc.cause.what.to_string(), "partition");
 }
 
 #[test]
@@ -1212,7 +1210,7 @@ fn a_fatal_fault_is_not_hidden_in_a_weaker_incident_at_the_same_place() {
     ev(&mut c, "n0", xid(2, 48), 30);
     let kinds: Vec<(IncidentKind, String)> = c
         .incidents()
-        .map(|i| (i.kind, i.cause.signal.clone()))
+        .map(|i| (i.kind, i.cause.what.to_string()))
         .collect();
     assert!(
         kinds.contains(&(IncidentKind::CardFault, "xid:48".to_owned())),
