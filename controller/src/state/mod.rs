@@ -5,6 +5,13 @@
 //! time, and then carries out the effects (acknowledge a heartbeat, persist
 //! an incident, publish a feed event). Reads are closures run inside the
 //! task, so there are no locks around cluster state.
+//!
+//! - this file: the messages, [`StateHandle`], and the task's inbox loop and
+//!   clock tick.
+//! - `effects.rs`: carrying out the core's effects (the one place that
+//!   matches on them), publishing feed events, the action queue.
+//! - `persist.rs`: the persister, which writes feed rows, incidents, the
+//!   ledger, checkpoints and node roles off the task.
 
 mod effects;
 mod persist;
