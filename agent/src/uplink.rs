@@ -11,7 +11,6 @@
 use crate::backoff::Backoff;
 use crate::cards::CardProbe;
 use crate::config::AgentConfig;
-use crate::encode;
 use crate::host::HostProbe;
 use crate::spool::Spool;
 use crate::supervise::WorkerOrder;
@@ -24,9 +23,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use vigil_core::Millis;
+use vigil_core::cluster::{Registration, WorkerCommand};
 use vigil_core::model::{
     CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal, sample_transitions,
 };
+use vigil_proto::codec::agent::{self as codec, CommandOutcome, Hello};
+use vigil_proto::codec::controller::{Command, ControllerMsg, Order};
 use vigil_proto::v1 as pb;
 use vigil_proto::v1::agent_service_client::AgentServiceClient;
 
@@ -122,7 +124,7 @@ pub async fn run(
     let mut retry_at = Instant::now();
     let mut tick = tokio::time::interval(cfg.heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut command_seq_results: Vec<pb::CommandResult> = Vec::new();
+    let mut command_seq_results: Vec<CommandOutcome> = Vec::new();
 
     loop {
         if let Some(p) = io.pause.as_mut()
@@ -231,7 +233,7 @@ pub async fn run(
                         spool_dropped: spool.dropped() + io.progress_dropped.load(Ordering::Relaxed),
                         spool_pending: spool.pending(),
                     };
-                    let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(encode::heartbeat(&hb))) };
+                    let msg = pb::Heartbeat::from(&hb).into();
                     match c.tx.try_send(msg) {
                         Ok(()) => {
                             io.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
@@ -249,9 +251,9 @@ pub async fn run(
         }
         if let Some(c) = &conn {
             for r in command_seq_results.drain(..) {
-                let _ = c.tx.try_send(pb::AgentMessage {
-                    body: Some(pb::agent_message::Body::CommandResult(r)),
-                });
+                if let Err(e) = c.tx.try_send(pb::CommandResult::from(&r).into()) {
+                    tracing::warn!(command = r.command_id, error = %e, "command result not sent");
+                }
             }
             if !flush(c, &mut spool) {
                 drop_conn(&mut conn, &mut spool, &io);
@@ -273,12 +275,7 @@ fn flush(c: &Conn, spool: &mut Spool) -> bool {
         let Some(first) = batch.first().map(|e| e.seq) else {
             break;
         };
-        let msg = pb::AgentMessage {
-            body: Some(pb::agent_message::Body::Events(pb::EventBatch {
-                events: batch.iter().map(encode::event).collect(),
-            })),
-        };
-        match c.tx.try_send(msg) {
+        match c.tx.try_send(codec::event_batch(&batch).into()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 spool.unsend(first);
@@ -304,13 +301,19 @@ async fn handle_message(
     spool: &mut Spool,
     hb_sent: &mut VecDeque<(u64, Instant)>,
     io: &AgentIo,
-    results: &mut Vec<pb::CommandResult>,
+    results: &mut Vec<CommandOutcome>,
     interval_ms: &AtomicU64,
     tick: &mut tokio::time::Interval,
 ) {
-    use pb::controller_message::Body;
-    match m.body {
-        Some(Body::Ack(a)) => {
+    let m = match ControllerMsg::try_from(m) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a message from the controller");
+            return;
+        }
+    };
+    match m {
+        ControllerMsg::Ack(a) => {
             if a.event_seq > 0 {
                 spool.ack(a.event_seq);
                 io.stats
@@ -333,25 +336,24 @@ async fn handle_message(
                 }
             }
         }
-        Some(Body::Command(cmd)) => {
-            let (ok, detail) = execute(cmd.body, io, interval_ms, tick).await;
-            results.push(pb::CommandResult {
-                command_id: cmd.id,
+        ControllerMsg::Command(Command { id, order }) => {
+            let (ok, detail) = execute(order, io, interval_ms, tick).await;
+            results.push(CommandOutcome {
+                command_id: id,
                 ok,
                 detail,
             });
         }
-        Some(Body::Welcome(_)) | None => {}
+        ControllerMsg::Welcome(_) => {}
     }
 }
 
 async fn execute(
-    body: Option<pb::command::Body>,
+    order: Option<Order>,
     io: &AgentIo,
     interval_ms: &AtomicU64,
     tick: &mut tokio::time::Interval,
 ) -> (bool, String) {
-    use pb::command::Body;
     let to_worker = |order: WorkerOrder| async {
         match &io.worker {
             Some(w) => match w.send(order).await {
@@ -361,35 +363,36 @@ async fn execute(
             None => (false, "this agent supervises no workers".to_owned()),
         }
     };
-    match body {
-        Some(Body::Configure(c)) => {
-            if !(10..=60_000).contains(&c.heartbeat_ms) {
-                return (
-                    false,
-                    format!("heartbeat_ms {} out of range", c.heartbeat_ms),
-                );
+    match order {
+        Some(Order::Configure { heartbeat_ms }) => {
+            if !(10..=60_000).contains(&heartbeat_ms) {
+                return (false, format!("heartbeat_ms {heartbeat_ms} out of range"));
             }
-            interval_ms.store(u64::from(c.heartbeat_ms), Ordering::Relaxed);
-            *tick = tokio::time::interval(Duration::from_millis(u64::from(c.heartbeat_ms)));
+            interval_ms.store(u64::from(heartbeat_ms), Ordering::Relaxed);
+            *tick = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            (true, format!("heartbeat every {} ms", c.heartbeat_ms))
+            (true, format!("heartbeat every {heartbeat_ms} ms"))
         }
-        Some(Body::StopWorkers(s)) => {
+        Some(Order::Worker(WorkerCommand::Stop { grace_s })) => {
             to_worker(WorkerOrder::Stop {
-                grace: Duration::from_secs(u64::from(s.grace_s.max(1))),
+                grace: Duration::from_secs(u64::from(grace_s.max(1))),
             })
             .await
         }
-        Some(Body::StartWorkers(s)) => {
+        Some(Order::Worker(WorkerCommand::Start {
+            resume_from,
+            restart_count,
+            replaces,
+        })) => {
             to_worker(WorkerOrder::Start {
-                resume_from: s.resume_from,
-                restart_count: s.restart_count,
-                replaces: s.replaces,
+                resume_from,
+                restart_count,
+                replaces,
             })
             .await
         }
-        Some(Body::Quarantine(q)) => {
-            tracing::info!(card = ?q.card, reason = %q.reason, "quarantined by the controller");
+        Some(Order::Quarantine { card, reason }) => {
+            tracing::info!(card = ?card, reason = %reason, "quarantined by the controller");
             (true, "noted".to_owned())
         }
         None => (false, "empty command".to_owned()),
@@ -409,21 +412,19 @@ async fn connect(
         .keep_alive_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await?;
     let (tx, rx) = mpsc::channel(256);
-    let register = pb::Register {
-        node_id: cfg.node_id.to_string(),
-        boot_id: boot_id.to_owned(),
-        agent_version: crate::VERSION.to_owned(),
-        protocol_version: vigil_proto::PROTOCOL_VERSION,
-        cards: inventory.iter().map(encode::card_info).collect(),
-        spare: cfg.spare,
-        job: cfg.job.as_ref().map(|j| j.to_string()).unwrap_or_default(),
-        last_event_seq: spool.last_seq(),
-        supervises: cfg.supervises,
-    };
-    tx.send(pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Register(register)),
-    })
-    .await?;
+    let hello = Hello::new(
+        Registration {
+            node: cfg.node_id.clone(),
+            boot_id: boot_id.to_owned(),
+            cards: inventory.to_vec(),
+            spare: cfg.spare,
+            job: cfg.job.clone(),
+            supervises: cfg.supervises,
+        },
+        crate::VERSION,
+        spool.last_seq(),
+    );
+    tx.send(pb::Register::from(&hello).into()).await?;
     let mut client = AgentServiceClient::new(channel);
     let resp = tokio::time::timeout(
         Duration::from_secs(5),
@@ -435,18 +436,12 @@ async fn connect(
     let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
         .await
         .map_err(|_| anyhow::anyhow!("no welcome from the controller in 5 s"))??;
-    let Some(pb::ControllerMessage {
-        body: Some(pb::controller_message::Body::Welcome(w)),
-    }) = first
-    else {
+    let Some(Ok(ControllerMsg::Welcome(w))) = first.map(ControllerMsg::try_from) else {
         anyhow::bail!("controller did not start with a welcome");
     };
     spool.ack(w.acked_event_seq);
     spool.rewind();
-    let hb = w
-        .config
-        .map(|c| c.heartbeat_ms)
-        .filter(|ms| (10..=60_000).contains(ms));
+    let hb = w.heartbeat_ms.filter(|ms| (10..=60_000).contains(ms));
     Ok((Conn { tx, inbound }, hb))
 }
 
