@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
+use vigil_bootstrap::Flavor;
 use vigil_cli::bench::{self, BenchOptions};
 use vigil_cli::client::Client;
 use vigil_cli::demo::{self, DemoOptions};
@@ -440,33 +441,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
+    vigil_bootstrap::init_tracing("warn");
+    let r = vigil_bootstrap::block_on("vigil", Flavor::MultiThread, async {
         tokio::select! {
             r = run(cli) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = vigil_bootstrap::interrupt() => Ok(()),
         }
     });
     match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Ok(r) => vigil_bootstrap::exit_code("vigil", r),
+        Err(code) => code,
     }
 }
