@@ -198,6 +198,13 @@ pub struct ReadSvc {
     pub store: Store,
 }
 
+/// A state document that does not serialize: logged, and refused as an
+/// internal error rather than sent as an empty document.
+fn unserializable(e: serde_json::Error) -> Status {
+    tracing::warn!(error = %e, "cannot serialize a read API document");
+    Status::internal(format!("serialize: {e}"))
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::FeedEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -212,11 +219,12 @@ impl pb::read_service_server::ReadService for ReadSvc {
             .state
             .query(|c| {
                 c.nodes()
-                    .map(|n| serde_json::to_string(n).unwrap_or_default())
-                    .collect()
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListNodesResponse { nodes_json: nodes }))
     }
 
@@ -228,11 +236,12 @@ impl pb::read_service_server::ReadService for ReadSvc {
             .state
             .query(|c| {
                 c.jobs()
-                    .map(|j| serde_json::to_string(j).unwrap_or_default())
-                    .collect()
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListJobsResponse { jobs_json: jobs }))
     }
 
@@ -246,18 +255,20 @@ impl pb::read_service_server::ReadService for ReadSvc {
         let list = self
             .state
             .query(move |c| {
-                let mut v: Vec<String> = c
-                    .incidents()
+                c.incidents()
                     .rev()
                     .filter(|i| job.is_empty() || i.job.as_ref().is_some_and(|j| j.as_str() == job))
                     .take(limit)
-                    .map(|i| serde_json::to_string(i).unwrap_or_default())
-                    .collect();
-                v.shrink_to_fit();
-                v
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<String>, _>>()
+                    .map(|mut v| {
+                        v.shrink_to_fit();
+                        v
+                    })
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents_json: list,
         }))
