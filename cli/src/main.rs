@@ -218,28 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_demo(opts).await
         }
-        Command::Bench {
-            nodes,
-            cards,
-            hz,
-            warmup_s,
-            duration_s,
-            controller_bin,
-            store,
-            recovery,
-        } => {
-            let opts = BenchOptions {
-                recovery,
-                nodes,
-                cards,
-                hz,
-                warmup: Duration::from_secs(warmup_s),
-                duration: Duration::from_secs(duration_s),
-                controller_bin,
-                store,
-            };
-            run_bench(opts, out).await
-        }
+        bench @ Command::Bench { .. } => run_bench(bench_options(bench)?, out).await,
         Command::Cordon { target, reason } => {
             let body = serde_json::json!({ "target": target, "reason": reason });
             post_target(&controller, out, "cordon", &target, body).await
@@ -262,8 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let v = c.get("/api/v1/ledger/advice").await?;
                 return show(out, &v, |v| view::advice(array(v)));
             }
-            let path = ledger_path(job, since, until, by)?;
-            let v = c.get(&path).await?;
+            let v = c.get(&ledger_path(job, since, until, by)?).await?;
             show(out, &v, |v| view::ledger(array(v), Style::detect()))
         }
         Command::History { job, since, show } => history(&controller, out, job, since, show).await,
@@ -300,6 +278,32 @@ async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         print_json(&report)?;
     }
     Ok(())
+}
+
+fn bench_options(cmd: Command) -> anyhow::Result<BenchOptions> {
+    let Command::Bench {
+        nodes,
+        cards,
+        hz,
+        warmup_s,
+        duration_s,
+        controller_bin,
+        store,
+        recovery,
+    } = cmd
+    else {
+        anyhow::bail!("not the bench command");
+    };
+    Ok(BenchOptions {
+        recovery,
+        nodes,
+        cards,
+        hz,
+        warmup: Duration::from_secs(warmup_s),
+        duration: Duration::from_secs(duration_s),
+        controller_bin,
+        store,
+    })
 }
 
 async fn run_bench(opts: BenchOptions, out: Output) -> anyhow::Result<()> {
