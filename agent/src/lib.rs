@@ -10,7 +10,6 @@ pub mod backoff;
 pub mod cards;
 pub mod checkpoints;
 pub mod config;
-pub mod encode;
 pub mod host;
 pub mod logtail;
 pub mod probes;

@@ -8,43 +8,21 @@ use vigil_agent::config::{AgentConfig, Args};
 use vigil_agent::supervise::{WorkerEnv, supervise};
 use vigil_agent::uplink::AgentIo;
 use vigil_agent::{cards, progress};
+use vigil_bootstrap::Flavor;
+
+const NAME: &str = "vigil-agent";
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let cfg = match AgentConfig::from_args(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vigil-agent: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return vigil_bootstrap::usage_error(NAME, e),
     };
-    init_tracing();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil-agent: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+    vigil_bootstrap::init_tracing("info");
+    match vigil_bootstrap::block_on(NAME, Flavor::CurrentThread, run(cfg)) {
+        Ok(r) => vigil_bootstrap::exit_code(NAME, r),
+        Err(code) => code,
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -93,25 +71,9 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let run = vigil_agent::run(cfg, probe, io);
     tokio::select! {
         r = run => r,
-        _ = shutdown_signal() => {
+        _ = vigil_bootstrap::shutdown_signal() => {
             tracing::info!("interrupted; stopping");
             Ok(())
         }
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

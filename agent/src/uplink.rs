@@ -11,7 +11,6 @@
 use crate::backoff::Backoff;
 use crate::cards::CardProbe;
 use crate::config::AgentConfig;
-use crate::encode;
 use crate::host::HostProbe;
 use crate::spool::Spool;
 use crate::supervise::WorkerOrder;
@@ -24,9 +23,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use vigil_core::Millis;
+use vigil_core::cluster::{Registration, WorkerCommand};
 use vigil_core::model::{
     CardInfo, CardSample, EventBody, Heartbeat, HostMetrics, Signal, sample_transitions,
 };
+use vigil_proto::codec::agent::{self as codec, CommandOutcome, Hello};
+use vigil_proto::codec::controller::{Command, ControllerMsg, Order};
 use vigil_proto::v1 as pb;
 use vigil_proto::v1::agent_service_client::AgentServiceClient;
 
@@ -97,68 +99,136 @@ struct ProbeResult {
 const BATCH: usize = 512;
 
 /// Runs the agent until the process ends.
-pub async fn run(
-    cfg: AgentConfig,
-    probe: Box<dyn CardProbe>,
-    mut io: AgentIo,
-) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(cfg.backoff).map_err(anyhow::Error::msg)?;
-    let boot_id = format!("{:016x}", crate::backoff::random_u64());
-    let inventory = probe.inventory();
-    let interval_ms = Arc::new(AtomicU64::new(cfg.heartbeat.as_millis() as u64));
-    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4);
-    spawn_probe_thread(probe, interval_ms.clone(), probe_tx)?;
-    let mut host = cfg.host_metrics.then(HostProbe::new);
-    let mut host_last = HostMetrics::default();
-
-    let mut spool = Spool::new(cfg.spool_capacity);
-    let mut samples: Vec<CardSample> = Vec::new();
-    let mut prev: Vec<Option<CardSample>> = vec![None; inventory.len()];
-    let mut last_probe = Instant::now();
-    let mut probe_hung_reported = false;
-    let mut hb_seq = 0u64;
-    let mut hb_sent: VecDeque<(u64, Instant)> = VecDeque::new();
-    let mut conn: Option<Conn> = None;
-    let mut retry_at = Instant::now();
-    let mut tick = tokio::time::interval(cfg.heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut command_seq_results: Vec<pb::CommandResult> = Vec::new();
-
+pub async fn run(cfg: AgentConfig, probe: Box<dyn CardProbe>, io: AgentIo) -> anyhow::Result<()> {
+    let mut uplink = Uplink::new(cfg, probe, io)?;
     loop {
-        if let Some(p) = io.pause.as_mut()
-            && *p.borrow()
-        {
-            // Frozen: hold everything, including the connection.
-            if p.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            // Time spent frozen is not the probe's delay.
-            last_probe = Instant::now();
+        if uplink.frozen() {
+            uplink.wait_thawed().await;
             continue;
         }
-        if conn.is_none() && Instant::now() >= retry_at {
-            match connect(&cfg, &boot_id, &inventory, &mut spool).await {
-                Ok((c, hb_ms)) => {
-                    if let Some(ms) = hb_ms {
-                        interval_ms.store(u64::from(ms), Ordering::Relaxed);
-                        tick = tokio::time::interval(Duration::from_millis(u64::from(ms)));
-                        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                    }
-                    backoff.reset();
-                    io.stats.connected.store(true, Ordering::Relaxed);
-                    io.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(controller = %cfg.controller, node = %cfg.node_id, "connected");
-                    conn = Some(c);
+        uplink.maybe_connect().await;
+        let wake = uplink.wait().await;
+        uplink.handle(wake).await;
+        uplink.send_pending();
+    }
+}
+
+/// What woke the agent's loop.
+enum Wake {
+    PauseChanged,
+    Message(Result<Option<pb::ControllerMessage>, tonic::Status>),
+    Probe(ProbeResult),
+    Event(EventBody),
+    Tick,
+    Retry,
+}
+
+/// The agent loop's state: the connection, the spool, the heartbeat clock
+/// and the previous card samples.
+struct Uplink {
+    cfg: AgentConfig,
+    io: AgentIo,
+    backoff: Backoff,
+    boot_id: String,
+    inventory: Vec<CardInfo>,
+    /// The heartbeat period, shared with the probe thread.
+    interval_ms: Arc<AtomicU64>,
+    probe_rx: mpsc::Receiver<ProbeResult>,
+    host: Option<HostProbe>,
+    host_last: HostMetrics,
+    spool: Spool,
+    samples: Vec<CardSample>,
+    prev: Vec<Option<CardSample>>,
+    last_probe: Instant,
+    probe_hung_reported: bool,
+    hb_seq: u64,
+    hb_sent: VecDeque<(u64, Instant)>,
+    conn: Option<Conn>,
+    retry_at: Instant,
+    tick: tokio::time::Interval,
+    results: Vec<CommandOutcome>,
+}
+
+fn heartbeat_interval(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+impl Uplink {
+    fn new(cfg: AgentConfig, probe: Box<dyn CardProbe>, io: AgentIo) -> anyhow::Result<Self> {
+        let backoff = Backoff::new(cfg.backoff).map_err(anyhow::Error::msg)?;
+        let inventory = probe.inventory();
+        let interval_ms = Arc::new(AtomicU64::new(cfg.heartbeat.as_millis() as u64));
+        let (probe_tx, probe_rx) = mpsc::channel::<ProbeResult>(4);
+        spawn_probe_thread(probe, interval_ms.clone(), probe_tx)?;
+        Ok(Uplink {
+            backoff,
+            boot_id: format!("{:016x}", crate::backoff::random_u64()),
+            prev: vec![None; inventory.len()],
+            inventory,
+            interval_ms,
+            probe_rx,
+            host: cfg.host_metrics.then(HostProbe::new),
+            host_last: HostMetrics::default(),
+            spool: Spool::new(cfg.spool_capacity),
+            samples: Vec::new(),
+            last_probe: Instant::now(),
+            probe_hung_reported: false,
+            hb_seq: 0,
+            hb_sent: VecDeque::new(),
+            conn: None,
+            retry_at: Instant::now(),
+            tick: heartbeat_interval(cfg.heartbeat),
+            results: Vec::new(),
+            cfg,
+            io,
+        })
+    }
+
+    fn frozen(&self) -> bool {
+        self.io.pause.as_ref().is_some_and(|p| *p.borrow())
+    }
+
+    /// Frozen: hold everything, including the connection, until thawed.
+    async fn wait_thawed(&mut self) {
+        if let Some(p) = self.io.pause.as_mut()
+            && p.changed().await.is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+        // Time spent frozen is not the probe's delay.
+        self.last_probe = Instant::now();
+    }
+
+    async fn maybe_connect(&mut self) {
+        if self.conn.is_some() || Instant::now() < self.retry_at {
+            return;
+        }
+        let cfg = &self.cfg;
+        match connect(cfg, &self.boot_id, &self.inventory, &mut self.spool).await {
+            Ok((c, hb_ms)) => {
+                if let Some(ms) = hb_ms {
+                    self.interval_ms.store(u64::from(ms), Ordering::Relaxed);
+                    self.tick = heartbeat_interval(Duration::from_millis(u64::from(ms)));
                 }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(controller = %cfg.controller, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");
-                    retry_at = Instant::now() + delay;
-                }
+                self.backoff.reset();
+                self.io.stats.connected.store(true, Ordering::Relaxed);
+                self.io.stats.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(controller = %cfg.controller, node = %cfg.node_id, "connected");
+                self.conn = Some(c);
+            }
+            Err(e) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(controller = %cfg.controller, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");
+                self.retry_at = Instant::now() + delay;
             }
         }
+    }
+
+    async fn wait(&mut self) -> Wake {
         let pause_changed = async {
-            match io.pause.as_mut() {
+            match self.io.pause.as_mut() {
                 Some(p) => {
                     if p.changed().await.is_err() {
                         std::future::pending::<()>().await;
@@ -167,103 +237,174 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let disconnected = self.conn.is_none();
         tokio::select! {
-            _ = pause_changed => {}
-            msg = next_message(&mut conn) => match msg {
-                Ok(Some(m)) => {
-                    handle_message(m, &mut spool, &mut hb_sent, &io, &mut command_seq_results, &interval_ms, &mut tick).await;
-                }
-                Ok(None) | Err(_) => {
-                    if let Err(e) = &msg {
-                        tracing::warn!(status = %e, "controller stream ended");
-                    }
-                    drop_conn(&mut conn, &mut spool, &io);
-                    retry_at = Instant::now() + backoff.next_delay();
-                }
-            },
-            Some(r) = probe_rx.recv() => {
-                last_probe = Instant::now();
-                probe_hung_reported = false;
-                let at = now_ms();
-                // Error events first: a driver logs an XID before the card
-                // stops answering, and the first signal names the incident.
-                for (card, signal, detail) in r.errors {
-                    spool.push(EventBody::CardError { card, signal: signal.to_string(), detail }, at);
-                }
-                for s in &r.samples {
-                    let i = s.index as usize;
-                    if i < prev.len() {
-                        for (signal, detail) in sample_transitions(prev[i].as_ref(), s) {
-                            spool.push(EventBody::CardError { card: s.index, signal: signal.to_string(), detail }, at);
-                        }
-                        prev[i] = Some(s.clone());
-                    }
-                }
-                samples = r.samples;
-            }
-            Some(body) = io.events.recv() => {
-                spool.push(body, now_ms());
-                // Take whatever else is already queued, to batch it.
-                while let Ok(body) = io.events.try_recv() {
-                    spool.push(body, now_ms());
-                }
-            }
-            _ = tick.tick() => {
-                let waited = last_probe.elapsed();
-                // A result already waiting means the probe answered.
-                if waited > cfg.probe_timeout && probe_rx.is_empty() && !probe_hung_reported && !inventory.is_empty() {
-                    probe_hung_reported = true;
-                    tracing::warn!(waited_ms = waited.as_millis() as u64, "card probe is not answering");
-                    for c in &inventory {
-                        spool.push(EventBody::ProbeHung { card: c.index, probe: "cards".into(), waited_ms: waited.as_millis() as u32 }, now_ms());
-                    }
-                }
-                if let Some(h) = host.as_mut() {
-                    host_last = h.sample();
-                }
-                if let Some(c) = &conn {
-                    hb_seq += 1;
-                    let hb = Heartbeat {
-                        seq: hb_seq,
-                        sent_at_ms: now_ms(),
-                        host: host_last.clone(),
-                        cards: samples.clone(),
-                        spool_dropped: spool.dropped() + io.progress_dropped.load(Ordering::Relaxed),
-                        spool_pending: spool.pending(),
-                    };
-                    let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Heartbeat(encode::heartbeat(&hb))) };
-                    match c.tx.try_send(msg) {
-                        Ok(()) => {
-                            io.stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                            if hb_sent.len() >= 64 { hb_sent.pop_front(); }
-                            hb_sent.push_back((hb_seq, Instant::now()));
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            drop_conn(&mut conn, &mut spool, &io);
-                        }
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {}
-        }
-        if let Some(c) = &conn {
-            for r in command_seq_results.drain(..) {
-                let _ = c.tx.try_send(pb::AgentMessage {
-                    body: Some(pb::agent_message::Body::CommandResult(r)),
-                });
-            }
-            if !flush(c, &mut spool) {
-                drop_conn(&mut conn, &mut spool, &io);
-            }
+            _ = pause_changed => Wake::PauseChanged,
+            msg = next_message(&mut self.conn) => Wake::Message(msg),
+            Some(r) = self.probe_rx.recv() => Wake::Probe(r),
+            Some(body) = self.io.events.recv() => Wake::Event(body),
+            _ = self.tick.tick() => Wake::Tick,
+            _ = tokio::time::sleep_until(self.retry_at), if disconnected => Wake::Retry,
         }
     }
-}
 
-fn drop_conn(conn: &mut Option<Conn>, spool: &mut Spool, io: &AgentIo) {
-    *conn = None;
-    spool.rewind();
-    io.stats.connected.store(false, Ordering::Relaxed);
+    async fn handle(&mut self, wake: Wake) {
+        match wake {
+            Wake::PauseChanged | Wake::Retry => {}
+            Wake::Message(Ok(Some(m))) => {
+                handle_message(
+                    m,
+                    &mut self.spool,
+                    &mut self.hb_sent,
+                    &self.io,
+                    &mut self.results,
+                    &self.interval_ms,
+                    &mut self.tick,
+                )
+                .await;
+            }
+            Wake::Message(msg) => {
+                if let Err(e) = &msg {
+                    tracing::warn!(status = %e, "controller stream ended");
+                }
+                self.drop_conn();
+                self.retry_at = Instant::now() + self.backoff.next_delay();
+            }
+            Wake::Probe(r) => self.on_probe(r),
+            Wake::Event(body) => {
+                self.spool.push(body, now_ms());
+                // Take whatever else is already queued, to batch it.
+                while let Ok(body) = self.io.events.try_recv() {
+                    self.spool.push(body, now_ms());
+                }
+            }
+            Wake::Tick => self.on_tick(),
+        }
+    }
+
+    fn on_probe(&mut self, r: ProbeResult) {
+        self.last_probe = Instant::now();
+        self.probe_hung_reported = false;
+        let at = now_ms();
+        // Error events first: a driver logs an XID before the card stops
+        // answering, and the first signal names the incident.
+        for (card, signal, detail) in r.errors {
+            let signal = signal.to_string();
+            self.spool.push(
+                EventBody::CardError {
+                    card,
+                    signal,
+                    detail,
+                },
+                at,
+            );
+        }
+        for s in &r.samples {
+            let i = s.index as usize;
+            if i < self.prev.len() {
+                for (signal, detail) in sample_transitions(self.prev[i].as_ref(), s) {
+                    let signal = signal.to_string();
+                    let card = s.index;
+                    self.spool.push(
+                        EventBody::CardError {
+                            card,
+                            signal,
+                            detail,
+                        },
+                        at,
+                    );
+                }
+                self.prev[i] = Some(s.clone());
+            }
+        }
+        self.samples = r.samples;
+    }
+
+    fn on_tick(&mut self) {
+        self.check_probe();
+        if let Some(h) = self.host.as_mut() {
+            self.host_last = h.sample();
+        }
+        self.send_heartbeat();
+    }
+
+    /// Reports `probe_hung` for every card once the probe is overdue.
+    fn check_probe(&mut self) {
+        let waited = self.last_probe.elapsed();
+        // A result already waiting means the probe answered.
+        if waited <= self.cfg.probe_timeout
+            || !self.probe_rx.is_empty()
+            || self.probe_hung_reported
+            || self.inventory.is_empty()
+        {
+            return;
+        }
+        self.probe_hung_reported = true;
+        tracing::warn!(
+            waited_ms = waited.as_millis() as u64,
+            "card probe is not answering"
+        );
+        for c in &self.inventory {
+            let body = EventBody::ProbeHung {
+                card: c.index,
+                probe: "cards".into(),
+                waited_ms: waited.as_millis() as u32,
+            };
+            self.spool.push(body, now_ms());
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        let Some(c) = &self.conn else {
+            return;
+        };
+        self.hb_seq += 1;
+        let hb = Heartbeat {
+            seq: self.hb_seq,
+            sent_at_ms: now_ms(),
+            host: self.host_last.clone(),
+            cards: self.samples.clone(),
+            spool_dropped: self.spool.dropped() + self.io.progress_dropped.load(Ordering::Relaxed),
+            spool_pending: self.spool.pending(),
+        };
+        match c.tx.try_send(pb::Heartbeat::from(&hb).into()) {
+            Ok(()) => {
+                self.io
+                    .stats
+                    .heartbeats_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.hb_sent.len() >= 64 {
+                    self.hb_sent.pop_front();
+                }
+                self.hb_sent.push_back((self.hb_seq, Instant::now()));
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(seq = self.hb_seq, "send queue full; heartbeat skipped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.drop_conn(),
+        }
+    }
+
+    /// Sends command results and unsent events on the connection, if any.
+    fn send_pending(&mut self) {
+        let Some(c) = &self.conn else {
+            return;
+        };
+        for r in self.results.drain(..) {
+            if let Err(e) = c.tx.try_send(pb::CommandResult::from(&r).into()) {
+                tracing::warn!(command = r.command_id, error = %e, "command result not sent");
+            }
+        }
+        if !flush(c, &mut self.spool) {
+            self.drop_conn();
+        }
+    }
+
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        self.spool.rewind();
+        self.io.stats.connected.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Sends unsent spooled events; false when the connection is closed.
@@ -273,12 +414,7 @@ fn flush(c: &Conn, spool: &mut Spool) -> bool {
         let Some(first) = batch.first().map(|e| e.seq) else {
             break;
         };
-        let msg = pb::AgentMessage {
-            body: Some(pb::agent_message::Body::Events(pb::EventBatch {
-                events: batch.iter().map(encode::event).collect(),
-            })),
-        };
-        match c.tx.try_send(msg) {
+        match c.tx.try_send(codec::event_batch(&batch).into()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 spool.unsend(first);
@@ -304,13 +440,19 @@ async fn handle_message(
     spool: &mut Spool,
     hb_sent: &mut VecDeque<(u64, Instant)>,
     io: &AgentIo,
-    results: &mut Vec<pb::CommandResult>,
+    results: &mut Vec<CommandOutcome>,
     interval_ms: &AtomicU64,
     tick: &mut tokio::time::Interval,
 ) {
-    use pb::controller_message::Body;
-    match m.body {
-        Some(Body::Ack(a)) => {
+    let m = match ControllerMsg::try_from(m) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a message from the controller");
+            return;
+        }
+    };
+    match m {
+        ControllerMsg::Ack(a) => {
             if a.event_seq > 0 {
                 spool.ack(a.event_seq);
                 io.stats
@@ -333,25 +475,24 @@ async fn handle_message(
                 }
             }
         }
-        Some(Body::Command(cmd)) => {
-            let (ok, detail) = execute(cmd.body, io, interval_ms, tick).await;
-            results.push(pb::CommandResult {
-                command_id: cmd.id,
+        ControllerMsg::Command(Command { id, order }) => {
+            let (ok, detail) = execute(order, io, interval_ms, tick).await;
+            results.push(CommandOutcome {
+                command_id: id,
                 ok,
                 detail,
             });
         }
-        Some(Body::Welcome(_)) | None => {}
+        ControllerMsg::Welcome(_) => {}
     }
 }
 
 async fn execute(
-    body: Option<pb::command::Body>,
+    order: Option<Order>,
     io: &AgentIo,
     interval_ms: &AtomicU64,
     tick: &mut tokio::time::Interval,
 ) -> (bool, String) {
-    use pb::command::Body;
     let to_worker = |order: WorkerOrder| async {
         match &io.worker {
             Some(w) => match w.send(order).await {
@@ -361,35 +502,36 @@ async fn execute(
             None => (false, "this agent supervises no workers".to_owned()),
         }
     };
-    match body {
-        Some(Body::Configure(c)) => {
-            if !(10..=60_000).contains(&c.heartbeat_ms) {
-                return (
-                    false,
-                    format!("heartbeat_ms {} out of range", c.heartbeat_ms),
-                );
+    match order {
+        Some(Order::Configure { heartbeat_ms }) => {
+            if !(10..=60_000).contains(&heartbeat_ms) {
+                return (false, format!("heartbeat_ms {heartbeat_ms} out of range"));
             }
-            interval_ms.store(u64::from(c.heartbeat_ms), Ordering::Relaxed);
-            *tick = tokio::time::interval(Duration::from_millis(u64::from(c.heartbeat_ms)));
+            interval_ms.store(u64::from(heartbeat_ms), Ordering::Relaxed);
+            *tick = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms)));
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            (true, format!("heartbeat every {} ms", c.heartbeat_ms))
+            (true, format!("heartbeat every {heartbeat_ms} ms"))
         }
-        Some(Body::StopWorkers(s)) => {
+        Some(Order::Worker(WorkerCommand::Stop { grace_s })) => {
             to_worker(WorkerOrder::Stop {
-                grace: Duration::from_secs(u64::from(s.grace_s.max(1))),
+                grace: Duration::from_secs(u64::from(grace_s.max(1))),
             })
             .await
         }
-        Some(Body::StartWorkers(s)) => {
+        Some(Order::Worker(WorkerCommand::Start {
+            resume_from,
+            restart_count,
+            replaces,
+        })) => {
             to_worker(WorkerOrder::Start {
-                resume_from: s.resume_from,
-                restart_count: s.restart_count,
-                replaces: s.replaces,
+                resume_from,
+                restart_count,
+                replaces,
             })
             .await
         }
-        Some(Body::Quarantine(q)) => {
-            tracing::info!(card = ?q.card, reason = %q.reason, "quarantined by the controller");
+        Some(Order::Quarantine { card, reason }) => {
+            tracing::info!(card = ?card, reason = %reason, "quarantined by the controller");
             (true, "noted".to_owned())
         }
         None => (false, "empty command".to_owned()),
@@ -409,21 +551,19 @@ async fn connect(
         .keep_alive_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await?;
     let (tx, rx) = mpsc::channel(256);
-    let register = pb::Register {
-        node_id: cfg.node_id.to_string(),
-        boot_id: boot_id.to_owned(),
-        agent_version: crate::VERSION.to_owned(),
-        protocol_version: vigil_proto::PROTOCOL_VERSION,
-        cards: inventory.iter().map(encode::card_info).collect(),
-        spare: cfg.spare,
-        job: cfg.job.as_ref().map(|j| j.to_string()).unwrap_or_default(),
-        last_event_seq: spool.last_seq(),
-        supervises: cfg.supervises,
-    };
-    tx.send(pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Register(register)),
-    })
-    .await?;
+    let hello = Hello::new(
+        Registration {
+            node: cfg.node_id.clone(),
+            boot_id: boot_id.to_owned(),
+            cards: inventory.to_vec(),
+            spare: cfg.spare,
+            job: cfg.job.clone(),
+            supervises: cfg.supervises,
+        },
+        crate::VERSION,
+        spool.last_seq(),
+    );
+    tx.send(pb::Register::from(&hello).into()).await?;
     let mut client = AgentServiceClient::new(channel);
     let resp = tokio::time::timeout(
         Duration::from_secs(5),
@@ -435,18 +575,12 @@ async fn connect(
     let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
         .await
         .map_err(|_| anyhow::anyhow!("no welcome from the controller in 5 s"))??;
-    let Some(pb::ControllerMessage {
-        body: Some(pb::controller_message::Body::Welcome(w)),
-    }) = first
-    else {
+    let Some(Ok(ControllerMsg::Welcome(w))) = first.map(ControllerMsg::try_from) else {
         anyhow::bail!("controller did not start with a welcome");
     };
     spool.ack(w.acked_event_seq);
     spool.rewind();
-    let hb = w
-        .config
-        .map(|c| c.heartbeat_ms)
-        .filter(|ms| (10..=60_000).contains(ms));
+    let hb = w.heartbeat_ms.filter(|ms| (10..=60_000).contains(ms));
     Ok((Conn { tx, inbound }, hb))
 }
 

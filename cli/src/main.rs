@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
+use vigil_bootstrap::Flavor;
 use vigil_cli::bench::{self, BenchOptions};
 use vigil_cli::client::Client;
 use vigil_cli::demo::{self, DemoOptions};
@@ -208,124 +209,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             http_listen,
         } => {
-            let report = demo::run(DemoOptions {
+            let opts = DemoOptions {
                 scenario,
                 speed,
                 output: out,
                 data_dir,
                 http_listen,
-            })
-            .await?;
-            if out == Output::Json {
-                print_json(&report)?;
-            }
-            Ok(())
+            };
+            run_demo(opts).await
         }
-        Command::Bench {
-            nodes,
-            cards,
-            hz,
-            warmup_s,
-            duration_s,
-            controller_bin,
-            store,
-            recovery,
-        } => {
-            let r = bench::run(BenchOptions {
-                recovery,
-                nodes,
-                cards,
-                hz,
-                warmup: Duration::from_secs(warmup_s),
-                duration: Duration::from_secs(duration_s),
-                controller_bin,
-                store,
-            })
-            .await?;
-            if out == Output::Json {
-                return print_json(&r);
-            }
-            let v = serde_json::to_value(&r)?;
-            // Nested objects (the recovery timing) become `outer.inner` rows.
-            let mut flat: Vec<(String, &Value)> = Vec::new();
-            for (k, v) in v.as_object().into_iter().flatten() {
-                match v.as_object() {
-                    Some(inner) => {
-                        flat.extend(inner.iter().map(|(ik, iv)| (format!("{k}.{ik}"), iv)))
-                    }
-                    None => flat.push((k.clone(), v)),
-                }
-            }
-            let rows: Vec<Vec<String>> = flat
-                .into_iter()
-                .map(|(k, v)| {
-                    let val = match v {
-                        Value::Number(n) if n.is_f64() => {
-                            format!("{:.2}", n.as_f64().unwrap_or(0.0))
-                        }
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    vec![k, val]
-                })
-                .collect();
-            print!(
-                "{}",
-                vigil_cli::table::render_with(&["METRIC", "VALUE"], &rows, Style::detect())
-            );
-            Ok(())
-        }
+        bench @ Command::Bench { .. } => run_bench(bench_options(bench)?, out).await,
         Command::Cordon { target, reason } => {
-            let c = Client::new(&controller)?;
-            let v = c
-                .post(
-                    "/api/v1/cordon",
-                    &serde_json::json!({ "target": target, "reason": reason }),
-                )
-                .await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    println!("cordoned {target}");
-                    Ok(())
-                }
-            }
+            let body = serde_json::json!({ "target": target, "reason": reason });
+            post_target(&controller, out, "cordon", &target, body).await
         }
         Command::Uncordon { target } => {
-            let c = Client::new(&controller)?;
-            let v = c
-                .post("/api/v1/uncordon", &serde_json::json!({ "target": target }))
-                .await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    println!("uncordoned {target}");
-                    Ok(())
-                }
-            }
+            let body = serde_json::json!({ "target": target });
+            post_target(&controller, out, "uncordon", &target, body).await
         }
-        Command::Nodes => {
-            let c = Client::new(&controller)?;
-            let v = c.get("/api/v1/nodes").await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    print!("{}", view::nodes(array(&v), now_ms(), Style::detect()));
-                    Ok(())
-                }
-            }
-        }
-        Command::Jobs => {
-            let c = Client::new(&controller)?;
-            let v = c.get("/api/v1/jobs").await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    print!("{}", view::jobs(array(&v), now_ms(), Style::detect()));
-                    Ok(())
-                }
-            }
-        }
+        Command::Nodes => list(&controller, out, "/api/v1/nodes", view::nodes).await,
+        Command::Jobs => list(&controller, out, "/api/v1/jobs", view::jobs).await,
         Command::Ledger {
             job,
             since,
@@ -336,137 +239,234 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = Client::new(&controller)?;
             if advise {
                 let v = c.get("/api/v1/ledger/advice").await?;
-                return match out {
-                    Output::Json => print_json(&v),
-                    Output::Table => {
-                        print!("{}", view::advice(array(&v)));
-                        Ok(())
-                    }
-                };
+                return show(out, &v, |v| view::advice(array(v)));
             }
-            let mut q = Vec::new();
-            if let Some(j) = job {
-                vigil_core::JobId::new(j.clone()).map_err(|e| anyhow::anyhow!("--job: {e}"))?;
-                q.push(format!("job={j}"));
-            }
-            for (name, t) in [("since", since), ("until", until)] {
-                if let Some(t) = t {
-                    vigil_core::Timestamp::parse_rfc3339(&t)
-                        .map_err(|e| anyhow::anyhow!("--{name}: {e}"))?;
-                    q.push(format!("{name}={}", t.replace('+', "%2B")));
-                }
-            }
-            if let Some(b) = by {
-                q.push(format!("by={b}"));
-            }
-            let path = if q.is_empty() {
-                "/api/v1/ledger".to_owned()
-            } else {
-                format!("/api/v1/ledger?{}", q.join("&"))
+            let v = c.get(&ledger_path(job, since, until, by)?).await?;
+            show(out, &v, |v| view::ledger(array(v), Style::detect()))
+        }
+        Command::History { job, since, show } => history(&controller, out, job, since, show).await,
+        Command::Watch { from } => watch(&controller, out, from).await,
+    }
+}
+
+/// Prints `v` as JSON, or as the table `table` renders.
+fn show(out: Output, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
+    match out {
+        Output::Json => print_json(v),
+        Output::Table => {
+            print!("{}", table(v));
+            Ok(())
+        }
+    }
+}
+
+/// `/api/v1/nodes` or `/api/v1/jobs`, as JSON or a table.
+async fn list(
+    controller: &str,
+    out: Output,
+    path: &str,
+    table: fn(&[Value], i64, Style) -> String,
+) -> anyhow::Result<()> {
+    let v = Client::new(controller)?.get(path).await?;
+    show(out, &v, |v| table(array(v), now_ms(), Style::detect()))
+}
+
+async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
+    let out = opts.output;
+    let report = demo::run(opts).await?;
+    if out == Output::Json {
+        print_json(&report)?;
+    }
+    Ok(())
+}
+
+fn bench_options(cmd: Command) -> anyhow::Result<BenchOptions> {
+    let Command::Bench {
+        nodes,
+        cards,
+        hz,
+        warmup_s,
+        duration_s,
+        controller_bin,
+        store,
+        recovery,
+    } = cmd
+    else {
+        anyhow::bail!("not the bench command");
+    };
+    Ok(BenchOptions {
+        recovery,
+        nodes,
+        cards,
+        hz,
+        warmup: Duration::from_secs(warmup_s),
+        duration: Duration::from_secs(duration_s),
+        controller_bin,
+        store,
+    })
+}
+
+async fn run_bench(opts: BenchOptions, out: Output) -> anyhow::Result<()> {
+    let r = bench::run(opts).await?;
+    if out == Output::Json {
+        return print_json(&r);
+    }
+    let v = serde_json::to_value(&r)?;
+    print!(
+        "{}",
+        vigil_cli::table::render_with(&["METRIC", "VALUE"], &metric_rows(&v), Style::detect())
+    );
+    Ok(())
+}
+
+/// One `[name, value]` row per benchmark figure; nested objects (the
+/// recovery timing) become `outer.inner` rows.
+fn metric_rows(v: &Value) -> Vec<Vec<String>> {
+    let mut flat: Vec<(String, &Value)> = Vec::new();
+    for (k, v) in v.as_object().into_iter().flatten() {
+        match v.as_object() {
+            Some(inner) => flat.extend(inner.iter().map(|(ik, iv)| (format!("{k}.{ik}"), iv))),
+            None => flat.push((k.clone(), v)),
+        }
+    }
+    flat.into_iter()
+        .map(|(k, v)| {
+            let val = match v {
+                Value::Number(n) if n.is_f64() => match n.as_f64() {
+                    Some(f) => format!("{f:.2}"),
+                    None => n.to_string(),
+                },
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
             };
-            let v = c.get(&path).await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    print!("{}", view::ledger(array(&v), Style::detect()));
-                    Ok(())
-                }
-            }
+            vec![k, val]
+        })
+        .collect()
+}
+
+/// `POST /api/v1/cordon` or `/api/v1/uncordon`.
+async fn post_target(
+    controller: &str,
+    out: Output,
+    verb: &str,
+    target: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    let c = Client::new(controller)?;
+    let v = c.post(&format!("/api/v1/{verb}"), &body).await?;
+    match out {
+        Output::Json => print_json(&v),
+        Output::Table => {
+            println!("{verb}ed {target}");
+            Ok(())
         }
-        Command::History { job, since, show } => {
-            let c = Client::new(&controller)?;
-            if let Some(HistoryCmd::Show { id }) = show {
-                let v = c.get(&format!("/api/v1/incidents/{id}")).await?;
-                return match out {
-                    Output::Json => print_json(&v),
-                    Output::Table => {
-                        print!("{}", view::incident(&v, Style::detect()));
-                        Ok(())
-                    }
-                };
-            }
-            let mut q = Vec::new();
-            if let Some(j) = job {
-                q.push(format!("job={j}"));
-            }
-            if let Some(s) = since {
-                vigil_core::Timestamp::parse_rfc3339(&s)
-                    .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-                q.push(format!("since={s}"));
-            }
-            let path = if q.is_empty() {
-                "/api/v1/incidents".to_owned()
-            } else {
-                format!("/api/v1/incidents?{}", q.join("&"))
-            };
-            let v = c.get(&path).await?;
-            match out {
-                Output::Json => print_json(&v),
-                Output::Table => {
-                    if array(&v).is_empty() {
-                        println!("no incidents");
-                    } else {
-                        print!("{}", view::incidents(array(&v), Style::detect()));
-                    }
-                    Ok(())
-                }
-            }
+    }
+}
+
+/// `path` with its query string, if any.
+fn with_query(path: &str, q: &[String]) -> String {
+    if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", q.join("&"))
+    }
+}
+
+fn ledger_path(
+    job: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    by: Option<String>,
+) -> anyhow::Result<String> {
+    let mut q = Vec::new();
+    if let Some(j) = job {
+        vigil_core::JobId::new(j.clone()).map_err(|e| anyhow::anyhow!("--job: {e}"))?;
+        q.push(format!("job={j}"));
+    }
+    for (name, t) in [("since", since), ("until", until)] {
+        if let Some(t) = t {
+            vigil_core::Timestamp::parse_rfc3339(&t)
+                .map_err(|e| anyhow::anyhow!("--{name}: {e}"))?;
+            q.push(format!("{name}={}", t.replace('+', "%2B")));
         }
-        Command::Watch { from } => {
-            let c = Client::new(&controller)?;
-            let width = Style::detect().width;
-            c.watch(from, |id, kind, data| {
-                match out {
-                    Output::Json => println!("{data}"),
-                    Output::Table => {
-                        let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                        let at = v["at"].as_str().unwrap_or("");
-                        let line = format!("{id:>8} {at:<24} {kind:<18} {}", v["data"]);
-                        match width {
-                            Some(w) if line.chars().count() > w => {
-                                let cut: String = line.chars().take(w.saturating_sub(1)).collect();
-                                println!("{cut}…");
-                            }
-                            _ => println!("{line}"),
-                        }
-                    }
-                }
-                true
-            })
-            .await
+    }
+    if let Some(b) = by {
+        q.push(format!("by={b}"));
+    }
+    Ok(with_query("/api/v1/ledger", &q))
+}
+
+async fn history(
+    controller: &str,
+    out: Output,
+    job: Option<String>,
+    since: Option<String>,
+    show_cmd: Option<HistoryCmd>,
+) -> anyhow::Result<()> {
+    let c = Client::new(controller)?;
+    if let Some(HistoryCmd::Show { id }) = show_cmd {
+        let v = c.get(&format!("/api/v1/incidents/{id}")).await?;
+        return show(out, &v, |v| view::incident(v, Style::detect()));
+    }
+    let mut q = Vec::new();
+    if let Some(j) = job {
+        q.push(format!("job={j}"));
+    }
+    if let Some(s) = since {
+        vigil_core::Timestamp::parse_rfc3339(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+        q.push(format!("since={s}"));
+    }
+    let v = c.get(&with_query("/api/v1/incidents", &q)).await?;
+    show(out, &v, |v| {
+        if array(v).is_empty() {
+            "no incidents\n".to_owned()
+        } else {
+            view::incidents(array(v), Style::detect())
         }
+    })
+}
+
+async fn watch(controller: &str, out: Output, from: u64) -> anyhow::Result<()> {
+    let c = Client::new(controller)?;
+    let width = Style::detect().width;
+    c.watch(from, |id, kind, data| {
+        match out {
+            Output::Json => println!("{data}"),
+            Output::Table => println!("{}", watch_line(id, kind, data, width)),
+        }
+        true
+    })
+    .await
+}
+
+/// One feed event as a table line, cut to the terminal's width.
+fn watch_line(id: u64, kind: &str, data: &str, width: Option<usize>) -> String {
+    let v: Value = serde_json::from_str(data).unwrap_or_else(|e| {
+        tracing::warn!(id, error = %e, "feed event is not JSON");
+        Value::Null
+    });
+    let at = v["at"].as_str().unwrap_or("");
+    let line = format!("{id:>8} {at:<24} {kind:<18} {}", v["data"]);
+    match width {
+        Some(w) if line.chars().count() > w => {
+            let cut: String = line.chars().take(w.saturating_sub(1)).collect();
+            format!("{cut}…")
+        }
+        _ => line,
     }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
+    vigil_bootstrap::init_tracing("warn");
+    let r = vigil_bootstrap::block_on("vigil", Flavor::MultiThread, async {
         tokio::select! {
             r = run(cli) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = vigil_bootstrap::interrupt() => Ok(()),
         }
     });
     match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Ok(r) => vigil_bootstrap::exit_code("vigil", r),
+        Err(code) => code,
     }
 }

@@ -5,7 +5,7 @@
 //! only the stream that sent it, with a status that says why.
 
 use crate::convert;
-use crate::state::{AgentTx, StateHandle, event_ack};
+use crate::state::{AgentTx, StateHandle};
 use crate::store::Store;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vigil_proto::PROTOCOL_VERSION;
+use vigil_proto::codec::agent::CommandOutcome;
+use vigil_proto::codec::controller::{Ack, ControllerMsg, Welcome};
 use vigil_proto::v1 as pb;
 
 /// How long a new stream may take to send its `Register`.
@@ -62,7 +64,7 @@ impl pb::agent_service_server::AgentService for AgentSvc {
                 reg.protocol_version
             )));
         }
-        let reg = convert::registration(reg).map_err(|e| Status::invalid_argument(e.0))?;
+        let reg = convert::registration(reg)?;
         let acked = self
             .store
             .max_event_seq(&reg.node, &reg.boot_id)
@@ -73,17 +75,16 @@ impl pb::agent_service_server::AgentService for AgentSvc {
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
         let (tx, rx) = mpsc::channel(256);
-        let welcome = pb::ControllerMessage {
-            body: Some(pb::controller_message::Body::Welcome(pb::Welcome {
-                controller_version: env!("CARGO_PKG_VERSION").to_owned(),
-                protocol_version: PROTOCOL_VERSION,
-                acked_event_seq: acked,
-                config: Some(pb::AgentConfig {
-                    heartbeat_ms: self.heartbeat_ms,
-                }),
-            })),
-        };
-        let _ = tx.send(Ok(welcome)).await;
+        let welcome = ControllerMsg::Welcome(Welcome::new(
+            env!("CARGO_PKG_VERSION"),
+            acked,
+            self.heartbeat_ms,
+        ));
+        if tx.send(Ok(welcome.into())).await.is_err() {
+            // The receiver is still held here; a closed channel means the
+            // stream is already gone.
+            tracing::warn!(node = %reg.node, "could not queue the welcome");
+        }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %reg.node, boot_id = %reg.boot_id, cards = reg.cards.len(), acked, "agent registered");
         let node = reg.node.clone();
@@ -96,7 +97,9 @@ impl pb::agent_service_server::AgentService for AgentSvc {
         tokio::spawn(async move {
             if let Err(status) = svc.pump(&node, &boot_id, ncards, &mut inbound, &tx).await {
                 tracing::warn!(%node, code = ?status.code(), reason = status.message(), "agent stream refused");
-                let _ = tx.send(Err(status)).await;
+                if tx.send(Err(status)).await.is_err() {
+                    tracing::debug!(%node, "the agent left before its refusal was sent");
+                }
             }
             svc.state.disconnected(node, boot_id, conn).await;
         });
@@ -137,15 +140,13 @@ impl AgentSvc {
             };
             match msg.body {
                 Some(Body::Heartbeat(h)) => {
-                    let hb =
-                        convert::heartbeat(h, ncards).map_err(|e| Status::invalid_argument(e.0))?;
+                    let hb = convert::heartbeat(h, ncards)?;
                     if !self.state.heartbeat(node.clone(), hb).await {
                         return Err(Status::unavailable("controller is shutting down"));
                     }
                 }
                 Some(Body::Events(batch)) => {
-                    let events = convert::events(batch, ncards)
-                        .map_err(|e| Status::invalid_argument(e.0))?;
+                    let events = convert::events(batch, ncards)?;
                     let Some(last) = events.last().map(|e| e.seq) else {
                         continue;
                     };
@@ -162,11 +163,16 @@ impl AgentSvc {
                     if !fresh.is_empty() && !self.state.events(node.clone(), fresh).await {
                         return Err(Status::unavailable("controller is shutting down"));
                     }
-                    if tx.send(Ok(event_ack(last))).await.is_err() {
+                    let ack = Ack {
+                        event_seq: last,
+                        heartbeat_seq: 0,
+                    };
+                    if tx.send(Ok(ack.into())).await.is_err() {
                         return Ok(());
                     }
                 }
                 Some(Body::CommandResult(r)) => {
+                    let r = CommandOutcome::from(r);
                     self.state
                         .feed(
                             "command_result",
@@ -192,6 +198,13 @@ pub struct ReadSvc {
     pub store: Store,
 }
 
+/// A state document that does not serialize: logged, and refused as an
+/// internal error rather than sent as an empty document.
+fn unserializable(e: serde_json::Error) -> Status {
+    tracing::warn!(error = %e, "cannot serialize a read API document");
+    Status::internal(format!("serialize: {e}"))
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::FeedEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -206,11 +219,12 @@ impl pb::read_service_server::ReadService for ReadSvc {
             .state
             .query(|c| {
                 c.nodes()
-                    .map(|n| serde_json::to_string(n).unwrap_or_default())
-                    .collect()
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListNodesResponse { nodes_json: nodes }))
     }
 
@@ -222,11 +236,12 @@ impl pb::read_service_server::ReadService for ReadSvc {
             .state
             .query(|c| {
                 c.jobs()
-                    .map(|j| serde_json::to_string(j).unwrap_or_default())
-                    .collect()
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListJobsResponse { jobs_json: jobs }))
     }
 
@@ -240,18 +255,20 @@ impl pb::read_service_server::ReadService for ReadSvc {
         let list = self
             .state
             .query(move |c| {
-                let mut v: Vec<String> = c
-                    .incidents()
+                c.incidents()
                     .rev()
                     .filter(|i| job.is_empty() || i.job.as_ref().is_some_and(|j| j.as_str() == job))
                     .take(limit)
-                    .map(|i| serde_json::to_string(i).unwrap_or_default())
-                    .collect();
-                v.shrink_to_fit();
-                v
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<String>, _>>()
+                    .map(|mut v| {
+                        v.shrink_to_fit();
+                        v
+                    })
             })
             .await
-            .ok_or_else(|| Status::unavailable("controller is shutting down"))?;
+            .ok_or_else(|| Status::unavailable("controller is shutting down"))?
+            .map_err(unserializable)?;
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents_json: list,
         }))

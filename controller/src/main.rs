@@ -1,63 +1,34 @@
 //! `vigil-controller`: the controller binary.
 
 use clap::Parser;
+use std::process::ExitCode;
+use vigil_bootstrap::Flavor;
 use vigil_controller::config::{Args, ControllerConfig};
 
-fn main() -> std::process::ExitCode {
+const NAME: &str = "vigil-controller";
+
+fn main() -> ExitCode {
     let cfg = match ControllerConfig::from_args(Args::parse()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vigil-controller: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return vigil_bootstrap::usage_error(NAME, e),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil-controller: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
+    vigil_bootstrap::init_tracing("info");
+    vigil_bootstrap::block_on(NAME, Flavor::MultiThread, async {
         let mut running = match vigil_controller::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("vigil-controller: {e:#}");
-                return std::process::ExitCode::FAILURE;
+                eprintln!("{NAME}: {e:#}");
+                return ExitCode::FAILURE;
             }
         };
         tokio::select! {
-            _ = running.wait() => std::process::ExitCode::FAILURE,
-            _ = shutdown_signal() => {
+            _ = running.wait() => ExitCode::FAILURE,
+            _ = vigil_bootstrap::shutdown_signal() => {
                 tracing::info!("interrupted; stopping");
                 running.shutdown().await;
-                std::process::ExitCode::SUCCESS
+                ExitCode::SUCCESS
             }
         }
     })
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    .unwrap_or_else(|code| code)
 }

@@ -1,14 +1,14 @@
-//! Vigil wire protocol: the types generated from `proto/vigil/v1/vigil.proto`.
-//!
-//! This crate holds generated code only. Conversion to domain types happens
-//! at the edges, in the agent and controller crates.
-
-#![allow(clippy::all, missing_docs)]
+//! Vigil wire protocol: the types generated from `proto/vigil/v1/vigil.proto`,
+//! and [`codec`], the one place where they are converted to and from the
+//! domain types of `vigil-core`.
 
 /// Protocol version 1.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("vigil.v1");
 }
+
+pub mod codec;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
