@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use vigil_core::cluster::{ActionRequest, Effect, WorkerCommand};
 use vigil_core::incident::{Incident, IncidentChange};
 use vigil_core::{Millis, NodeId};
+use vigil_proto::codec::controller::{Command, ControllerMsg, Order};
 use vigil_proto::v1 as pb;
 
 /// Feed events kept in memory for new subscribers.
@@ -91,8 +92,7 @@ impl StateTask {
                     abort_after |= self.worker_order(&node, command)
                 }
                 Effect::Quarantine { node, card, reason } => {
-                    let body = pb::command::Body::Quarantine(pb::Quarantine { card, reason });
-                    self.command(&node, body);
+                    self.command(&node, Order::Quarantine { card, reason });
                 }
                 Effect::Incident(inc, change) => self.incident(inc, change, now).await,
             }
@@ -128,36 +128,20 @@ impl StateTask {
             (WorkerCommand::Stop { .. }, Some("after_stop_orders"))
                 | (WorkerCommand::Start { .. }, Some("after_start_orders"))
         );
-        let body = match command {
-            WorkerCommand::Stop { grace_s } => {
-                pb::command::Body::StopWorkers(pb::StopWorkers { grace_s })
-            }
-            WorkerCommand::Start {
-                resume_from,
-                restart_count,
-                replaces,
-            } => pb::command::Body::StartWorkers(pb::StartWorkers {
-                resume_from,
-                restart_count,
-                replaces,
-            }),
-        };
         if !self.agents.contains_key(node) {
             tracing::warn!(%node, "no stream to send a worker order on");
         }
-        self.command(node, body);
+        self.command(node, Order::Worker(command));
         fail_here
     }
 
     /// Sends a numbered command on the node's stream, if it has one.
-    fn command(&mut self, node: &NodeId, body: pb::command::Body) {
+    fn command(&mut self, node: &NodeId, order: Order) {
         self.next_command += 1;
-        let cmd = pb::ControllerMessage {
-            body: Some(pb::controller_message::Body::Command(pb::Command {
-                id: self.next_command,
-                body: Some(body),
-            })),
-        };
+        let cmd = pb::ControllerMessage::from(ControllerMsg::Command(Command {
+            id: self.next_command,
+            order: Some(order),
+        }));
         if let Some((_, tx)) = self.agents.get(node)
             && let Err(e) = tx.try_send(Ok(cmd))
         {

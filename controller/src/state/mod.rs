@@ -30,6 +30,7 @@ use tonic::Status;
 use vigil_core::cluster::{Cluster, Input, Registration};
 use vigil_core::model::{AgentEvent, Heartbeat};
 use vigil_core::{Millis, NodeId};
+use vigil_proto::codec::controller::Ack;
 use vigil_proto::v1 as pb;
 
 /// The sending half of an agent's response stream.
@@ -342,12 +343,10 @@ fn input_name(input: &Input) -> &'static str {
 }
 
 fn ack(event_seq: u64, heartbeat_seq: u64) -> pb::ControllerMessage {
-    pb::ControllerMessage {
-        body: Some(pb::controller_message::Body::Ack(pb::Ack {
-            event_seq,
-            heartbeat_seq,
-        })),
-    }
+    pb::ControllerMessage::from(Ack {
+        event_seq,
+        heartbeat_seq,
+    })
 }
 
 /// Acknowledges stored events up to `seq`.
