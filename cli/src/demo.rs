@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 use vigil_controller::config::ControllerConfig;
 use vigil_core::incident::Incident;
-use vigil_core::scenario::{self, Scenario};
+use vigil_sim::scenario::{self, FaultType, Scenario};
 use vigil_sim::{InjectedFault, SimOptions, Truth};
 
 /// Options of one demo run.
@@ -56,12 +56,20 @@ pub enum Expect {
 /// What a correct verdict for `f` is, at heartbeat period `hb_ms`
 /// (scenario milliseconds).
 pub fn expectation(f: &InjectedFault, hb_ms: f64) -> Expect {
+    use FaultType as T;
     match f.kind {
-        "xid" if matches!(f.code, Some(63 | 92 | 154 | 157)) => Expect::Nothing,
-        "xid" | "ecc_dbe" | "gpu_lost" | "thermal" | "nvlink" | "pcie_degraded" | "hang"
-        | "slow" | "worker_exit" => Expect::Card,
-        "probe_hang" | "node_crash" | "flap" => Expect::Node,
-        "partition" => {
+        T::Xid if f.code.is_some_and(vigil_sim::informational_xid) => Expect::Nothing,
+        T::Xid
+        | T::EccDbe
+        | T::GpuLost
+        | T::Thermal
+        | T::Nvlink
+        | T::PcieDegraded
+        | T::Hang
+        | T::Slow
+        | T::WorkerExit => Expect::Card,
+        T::ProbeHang | T::NodeCrash | T::Flap => Expect::Node,
+        T::Partition => {
             let ms = f.for_s.unwrap_or(0.0) * 1000.0;
             if ms >= 3.0 * hb_ms {
                 Expect::Node
@@ -71,7 +79,7 @@ pub fn expectation(f: &InjectedFault, hb_ms: f64) -> Expect {
                 Expect::Unscored
             }
         }
-        _ => Expect::Nothing,
+        T::JobSlowdown | T::CheckpointCorrupt => Expect::Nothing,
     }
 }
 
@@ -176,8 +184,14 @@ pub fn score(
         truth.faults.iter().any(|f| {
             f.node.as_deref() == Some(node)
                 && (f.card == Some(card)
-                    || matches!(f.kind, "node_crash" | "flap" | "partition" | "gpu_lost")
-                    || (f.kind == "xid" && f.code == Some(79)))
+                    || matches!(
+                        f.kind,
+                        FaultType::NodeCrash
+                            | FaultType::Flap
+                            | FaultType::Partition
+                            | FaultType::GpuLost
+                    )
+                    || (f.kind == FaultType::Xid && f.code == Some(79)))
         })
     };
     let false_quarantines = quarantined
@@ -505,7 +519,7 @@ fn print_summary(report: &Value, sc: &Score) {
             };
             vec![
                 format!("{:.0}", v.fault.at_s),
-                v.fault.kind.to_owned(),
+                v.fault.kind.name().to_owned(),
                 format!(
                     "{}{}",
                     v.fault.node.clone().unwrap_or_else(|| "job".into()),

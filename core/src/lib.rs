@@ -13,7 +13,6 @@ pub mod liveness;
 pub mod model;
 pub mod progress;
 pub mod rules;
-pub mod scenario;
 pub mod time;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! The discrete-event core of the simulator: scenario time, faults and the
 //! synchronous training job.
 
+use crate::scenario::{Fault, FaultKind, Scenario};
 use crate::{InjectedFault, SimNode, now_ms};
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -12,7 +13,6 @@ use vigil_agent::progress::to_event;
 use vigil_agent::supervise::WorkerOrder;
 use vigil_core::model::EventBody;
 use vigil_core::progress::{Phase, ProgressRecord};
-use vigil_core::scenario::{Fault, FaultKind, Scenario};
 use vigil_core::{JobId, Timestamp};
 
 /// How the job ended, by the simulator's own account.
@@ -537,7 +537,7 @@ impl Sim<'_> {
         let starting = matches!(action, Action::Fault(_));
         if starting {
             self.injected.push(InjectedFault {
-                kind: f.kind.name(),
+                kind: f.kind.fault_type(),
                 code: match f.kind {
                     FaultKind::Xid { code } => Some(code),
                     _ => None,
@@ -568,7 +568,7 @@ impl Sim<'_> {
                 inject(SimFault::Xid { card, code: *code });
                 // Informational XIDs leave the process running; the rest
                 // take its CUDA context down.
-                if !matches!(code, 63 | 92 | 154 | 157) {
+                if !crate::informational_xid(*code) {
                     self.kill_rank(&node_name, card);
                     self.truth_fault(t);
                 }
