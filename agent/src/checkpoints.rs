@@ -2,7 +2,7 @@
 //! report, and the optional checkpoint directory watcher.
 //!
 //! The watcher polls a directory, finds the checkpoints its layout marks
-//! complete (`vigil_core::checkpoint`), verifies a `SHA256SUMS` manifest when
+//! complete (`vigil_ingest::checkpoint`), verifies a `SHA256SUMS` manifest when
 //! the checkpoint carries one, and reports each new one once. A checkpoint
 //! whose files do not match is reported as invalid, so the controller never
 //! restores from it.
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vigil_core::JobId;
-use vigil_core::checkpoint::{self, FsView, Layout, MANIFEST};
 use vigil_core::model::{CheckpointReport, EventBody};
+use vigil_ingest::checkpoint::{self, FsView, Layout, MANIFEST};
 
 /// The largest marker or manifest file read whole.
 const SMALL_FILE: u64 = 1 << 20;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use vigil_core::checkpoint::Layout;
 use vigil_core::{JobId, NodeId};
+use vigil_ingest::checkpoint::Layout;
 
 /// `vigil-agent`: probes this node's cards and host, receives training
 /// progress, and streams both to the Vigil controller.
@@ -341,13 +341,13 @@ mod tests {
         .expect("valid");
         let t = c.log_tail.expect("log tail configured");
         assert_eq!(t.path, PathBuf::from("train.log"));
-        assert_eq!(t.preset, vigil_core::logtail::Preset::Megatron);
+        assert_eq!(t.preset, vigil_ingest::logtail::Preset::Megatron);
         assert_eq!((t.rank, t.world_size, t.job.as_str()), (7, 8, "gpt"));
         let c = with(&["--job", "gpt", "--log-tail", "train.log"]).expect("valid");
         let t = c.log_tail.expect("log tail configured");
         assert_eq!(
             (t.preset, t.rank, t.world_size, t.from_start),
-            (vigil_core::logtail::Preset::Auto, 0, 1, false)
+            (vigil_ingest::logtail::Preset::Auto, 0, 1, false)
         );
         assert!(with(&["--log-tail", "train.log"]).is_err_and(|e| e.contains("--job")));
         assert!(
@@ -397,12 +397,12 @@ mod tests {
         let c = parse(&["--config", &path]).expect("valid");
         let t = c.log_tail.expect("log tail configured");
         assert_eq!(t.path, PathBuf::from("/var/log/train.log"));
-        assert_eq!(t.preset, vigil_core::logtail::Preset::HfTrainer);
+        assert_eq!(t.preset, vigil_ingest::logtail::Preset::HfTrainer);
         // A flag overrides the file.
         let c = parse(&["--config", &path, "--log-format", "deepspeed"]).expect("valid");
         assert_eq!(
             c.log_tail.map(|t| t.preset),
-            Some(vigil_core::logtail::Preset::DeepSpeed)
+            Some(vigil_ingest::logtail::Preset::DeepSpeed)
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,5 +1,5 @@
 //! Log-tail mode: follows a training job's log file (like `tail -F`) and
-//! sends the progress records [`vigil_core::logtail::LogParser`] finds in it
+//! sends the progress records [`vigil_ingest::logtail::LogParser`] finds in it
 //! as the agent's progress events, through the same channel as the progress
 //! endpoint.
 //!
@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use vigil_core::JobId;
-use vigil_core::logtail::{LogParser, Preset};
 use vigil_core::model::EventBody;
+use vigil_ingest::logtail::{LogParser, Preset};
 
 /// Longest line kept; the rest of a longer line is skipped.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use vigil_core::model::{CheckpointReport, EventBody};
-use vigil_core::progress::{ProgressRecord, parse_body};
+use vigil_core::progress::ProgressRecord;
+use vigil_ingest::progress::parse_body;
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;

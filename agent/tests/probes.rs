@@ -11,7 +11,7 @@ use vigil_agent::probes::exec::ExecProbe;
 use vigil_agent::probes::kmsg::KernelLog;
 use vigil_agent::probes::smi::SmiProbe;
 use vigil_core::model::{Signal, THROTTLE_HW_THERMAL, sample_transitions};
-use vigil_core::probe::exec;
+use vigil_ingest::probe::exec;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,7 +237,7 @@ fn drain_until(p: &mut dyn CardProbe, n: usize) -> Vec<(u32, Signal, String)> {
 #[test]
 fn smi_probe_end_to_end_with_the_kernel_log() {
     let dir = tmp_dir("smi");
-    let csv = root().join("core/tests/samples/nvidia-smi-h100x8.csv");
+    let csv = root().join("ingest/tests/samples/nvidia-smi-h100x8.csv");
     let current = dir.join("current.csv");
     std::fs::copy(&csv, &current).expect("copy sample");
     // A fake nvidia-smi that insists on the real query and prints a file.

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 use vigil_controller::config::ControllerConfig;
 use vigil_core::incident::Incident;
-use vigil_core::scenario::{self, Scenario};
+use vigil_sim::scenario::{self, FaultType, Scenario};
 use vigil_sim::{InjectedFault, SimOptions, Truth};
 
 /// Options of one demo run.
@@ -56,12 +56,20 @@ pub enum Expect {
 /// What a correct verdict for `f` is, at heartbeat period `hb_ms`
 /// (scenario milliseconds).
 pub fn expectation(f: &InjectedFault, hb_ms: f64) -> Expect {
+    use FaultType as T;
     match f.kind {
-        "xid" if matches!(f.code, Some(63 | 92 | 154 | 157)) => Expect::Nothing,
-        "xid" | "ecc_dbe" | "gpu_lost" | "thermal" | "nvlink" | "pcie_degraded" | "hang"
-        | "slow" | "worker_exit" => Expect::Card,
-        "probe_hang" | "node_crash" | "flap" => Expect::Node,
-        "partition" => {
+        T::Xid if f.code.is_some_and(vigil_sim::informational_xid) => Expect::Nothing,
+        T::Xid
+        | T::EccDbe
+        | T::GpuLost
+        | T::Thermal
+        | T::Nvlink
+        | T::PcieDegraded
+        | T::Hang
+        | T::Slow
+        | T::WorkerExit => Expect::Card,
+        T::ProbeHang | T::NodeCrash | T::Flap => Expect::Node,
+        T::Partition => {
             let ms = f.for_s.unwrap_or(0.0) * 1000.0;
             if ms >= 3.0 * hb_ms {
                 Expect::Node
@@ -71,7 +79,7 @@ pub fn expectation(f: &InjectedFault, hb_ms: f64) -> Expect {
                 Expect::Unscored
             }
         }
-        _ => Expect::Nothing,
+        T::JobSlowdown | T::CheckpointCorrupt => Expect::Nothing,
     }
 }
 
@@ -176,8 +184,14 @@ pub fn score(
         truth.faults.iter().any(|f| {
             f.node.as_deref() == Some(node)
                 && (f.card == Some(card)
-                    || matches!(f.kind, "node_crash" | "flap" | "partition" | "gpu_lost")
-                    || (f.kind == "xid" && f.code == Some(79)))
+                    || matches!(
+                        f.kind,
+                        FaultType::NodeCrash
+                            | FaultType::Flap
+                            | FaultType::Partition
+                            | FaultType::GpuLost
+                    )
+                    || (f.kind == FaultType::Xid && f.code == Some(79)))
         })
     };
     let false_quarantines = quarantined
@@ -204,35 +218,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         anyhow::bail!("--speed {}: must be within (0, 1000]", opts.speed);
     }
     let speed = opts.speed;
-    let dir = match &opts.data_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "vigil-demo-{}-{}",
-            std::process::id(),
-            vigil_agent::backoff::random_u64() % 1_000_000
-        )),
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    let mut cfg = ControllerConfig {
-        grpc_listen: "127.0.0.1:0".parse()?,
-        http_listen: match opts.http_listen {
-            Some(a) => a,
-            None => "127.0.0.1:0".parse()?,
-        },
-        // A throwaway store: durable across crashes, not power losses.
-        store: format!("sqlite://{}?sync=normal", dir.join("vigil.db").display()),
-        ..Default::default()
-    };
-    cfg.cluster.liveness.heartbeat_ms = vigil_sim::heartbeat_ms(&scn, speed);
-    // Wall-clock floors of the detectors run at the scenario's pace too.
-    cfg.cluster.workload.hang_floor_ms =
-        (cfg.cluster.workload.hang_floor_ms as f64 / speed).round() as i64;
-    cfg.cluster.restart_grace_ms = (cfg.cluster.restart_grace_ms as f64 / speed).round() as i64;
-    cfg.cluster
-        .liveness
-        .validate()
-        .map_err(anyhow::Error::msg)?;
+    let dir = data_dir(&opts)?;
+    let cfg = controller_config(&scn, speed, &dir, opts.http_listen)?;
     let controller = vigil_controller::start(cfg).await?;
     let human = opts.output == Output::Table;
     let mut log: Box<dyn Write + Send> = if human {
@@ -240,7 +227,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
     } else {
         Box::new(std::io::stderr())
     };
-    let _ = writeln!(
+    if let Err(e) = writeln!(
         log,
         "vigil demo: scenario {:?}, {} nodes x {} cards + {} spare(s), {} s at speed {} ({:.0} s of wall time)\n  controller: grpc {} http {} (dashboard at http://{}/), store {}",
         scn.name,
@@ -254,35 +241,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         controller.http_addr,
         controller.http_addr,
         dir.display()
-    );
+    ) {
+        tracing::warn!(error = %e, "cannot write the demo's banner");
+    }
     let opts_sim = SimOptions {
         controller: format!("http://{}", controller.grpc_addr),
         speed,
     };
     let mut sim = vigil_sim::spawn_nodes(&scn, &opts_sim)?;
-    let want = sim.nodes.len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let n = controller
-            .state
-            .query(|c| c.nodes().count())
-            .await
-            .unwrap_or(0);
-        if n >= want {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("only {n} of {want} simulated agents registered within 15 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_agents(&controller, sim.nodes.len()).await?;
 
     let started_ms = now_ms();
     let sub = controller
         .state
         .subscribe()
         .await
-        .ok_or_else(|| anyhow::anyhow!("controller stopped"))?;
+        .ok_or_else(controller_stopped)?;
     let printer = tokio::spawn(print_feed(sub, started_ms, speed, log));
     let truth = vigil_sim::play(&scn, &mut sim, speed).await;
     // Let detections of faults near the end land: the node-loss threshold
@@ -291,25 +265,134 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_millis((hb * 3.5) as u64)).await;
     printer.abort();
 
-    let incidents: Vec<Incident> = controller
-        .state
+    // The controller's ledger in scenario time, up to the scenario's end.
+    let end_ms = started_ms + (scn.duration_s * 1000.0 / speed) as i64;
+    let seen = collect(&controller, end_ms, speed).await?;
+    drop(sim);
+    controller.shutdown().await;
+    let (report, sc) = build_report(&scn, speed, &truth, seen);
+    if human {
+        print_summary(&report, &sc);
+    }
+    Ok(report)
+}
+
+fn controller_stopped() -> anyhow::Error {
+    anyhow::anyhow!("the embedded controller stopped")
+}
+
+/// The demo's store directory: the one asked for, or a fresh temp dir.
+fn data_dir(opts: &DemoOptions) -> anyhow::Result<std::path::PathBuf> {
+    let dir = match &opts.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "vigil-demo-{}-{}",
+            std::process::id(),
+            vigil_agent::backoff::random_u64() % 1_000_000
+        )),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The embedded controller's config: loopback, a SQLite store in `dir`,
+/// and the detectors' wall-clock floors at the scenario's pace.
+fn controller_config(
+    scn: &Scenario,
+    speed: f64,
+    dir: &std::path::Path,
+    http_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ControllerConfig> {
+    let mut cfg = ControllerConfig {
+        grpc_listen: "127.0.0.1:0".parse()?,
+        http_listen: match http_listen {
+            Some(a) => a,
+            None => "127.0.0.1:0".parse()?,
+        },
+        // A throwaway store: durable across crashes, not power losses.
+        store: format!("sqlite://{}?sync=normal", dir.join("vigil.db").display()),
+        ..Default::default()
+    };
+    cfg.cluster.liveness.heartbeat_ms = vigil_sim::heartbeat_ms(scn, speed);
+    cfg.cluster.workload.hang_floor_ms =
+        (cfg.cluster.workload.hang_floor_ms as f64 / speed).round() as i64;
+    cfg.cluster.restart_grace_ms = (cfg.cluster.restart_grace_ms as f64 / speed).round() as i64;
+    cfg.cluster
+        .liveness
+        .validate()
+        .map_err(anyhow::Error::msg)?;
+    Ok(cfg)
+}
+
+/// Waits until `want` simulated agents have registered.
+async fn wait_for_agents(
+    controller: &vigil_controller::Running,
+    want: usize,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = controller
+            .state
+            .query(|c| c.nodes().count())
+            .await
+            .ok_or_else(controller_stopped)?;
+        if n >= want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("only {n} of {want} simulated agents registered within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One job as the controller saw it at the end of the run.
+#[derive(Debug, Clone, Serialize)]
+struct JobSummary {
+    id: vigil_core::JobId,
+    world_size: u32,
+    final_step: u64,
+    restarts: u32,
+    state: vigil_core::cluster::JobRunState,
+    steps_total: u64,
+}
+
+/// What the controller concluded, read from its state at the end of the run.
+struct Seen {
+    incidents: Vec<Incident>,
+    jobs: Vec<JobSummary>,
+    quarantined: Vec<(String, u32)>,
+    /// Ledger rows in scenario time (wall card-ms x speed).
+    rows: Vec<vigil_core::ledger::LedgerRow>,
+}
+
+async fn collect(
+    controller: &vigil_controller::Running,
+    end_ms: i64,
+    speed: f64,
+) -> anyhow::Result<Seen> {
+    let state = &controller.state;
+    let incidents: Vec<Incident> = state
         .query(|c| c.incidents().cloned().collect())
         .await
-        .unwrap_or_default();
-    let jobs: Vec<Value> = controller
-        .state
+        .ok_or_else(controller_stopped)?;
+    let jobs = state
         .query(|c| {
             c.jobs()
-                .map(|j| {
-                    json!({ "id": j.id, "world_size": j.world_size, "final_step": j.step, "restarts": j.restarts,
-                            "state": j.state, "steps_total": j.steps_total })
+                .map(|j| JobSummary {
+                    id: j.id.clone(),
+                    world_size: j.world_size,
+                    final_step: j.step,
+                    restarts: j.restarts,
+                    state: j.state,
+                    steps_total: j.steps_total,
                 })
                 .collect()
         })
         .await
-        .unwrap_or_default();
-    let quarantined: Vec<(String, u32)> = controller
-        .state
+        .ok_or_else(controller_stopped)?;
+    let quarantined = state
         .query(|c| {
             c.nodes()
                 .flat_map(|n| {
@@ -322,34 +405,36 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
                 .collect()
         })
         .await
-        .unwrap_or_default();
-    // The controller's ledger in scenario time: wall card-ms x speed, up to
-    // the scenario's end.
-    let end_ms = started_ms + (scn.duration_s * 1000.0 / speed) as i64;
-    let rows: Vec<vigil_core::ledger::LedgerRow> = controller
-        .state
+        .ok_or_else(controller_stopped)?;
+    let rows = state
         .query(move |c| c.ledger().rows(end_ms, None, Some(end_ms)))
         .await
-        .unwrap_or_default()
+        .ok_or_else(controller_stopped)?
         .into_iter()
         .map(|mut r| {
             r.card_ms = (r.card_ms as f64 * speed).round() as i64;
             r
         })
         .collect();
-    let ledger = vigil_core::ledger::report(&rows, vigil_core::ledger::GroupBy::Job, None);
-    let ledger_truth = ledger_truth(&truth, &scn);
+    Ok(Seen {
+        incidents,
+        jobs,
+        quarantined,
+        rows,
+    })
+}
+
+/// The report `vigil demo` prints (JSON shape in CONTRACT.md) and its score.
+fn build_report(scn: &Scenario, speed: f64, truth: &Truth, seen: Seen) -> (Value, Score) {
+    let ledger = vigil_core::ledger::report(&seen.rows, vigil_core::ledger::GroupBy::Job, None);
     let sc = score(
-        &truth,
-        &incidents,
-        &quarantined,
+        truth,
+        &seen.incidents,
+        &seen.quarantined,
         speed,
         f64::from(scn.cluster.heartbeat_ms),
     );
-    drop(sim);
-    controller.shutdown().await;
-
-    let mut newest_first = incidents.clone();
+    let mut newest_first = seen.incidents;
     newest_first.reverse();
     let report = json!({
         "scenario": scn.name,
@@ -357,16 +442,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Value> {
         "duration_s": scn.duration_s,
         "incidents": newest_first,
         "ledger": ledger,
-        "ledger_truth": ledger_truth,
-        "jobs": jobs,
+        "ledger_truth": ledger_truth(truth, scn),
+        "jobs": seen.jobs,
         "faults": truth.faults,
         "score": sc,
-        "quarantined": quarantined.iter().map(|(n, c)| format!("{n}/{c}")).collect::<Vec<_>>(),
+        "quarantined": seen.quarantined.iter().map(|(n, c)| format!("{n}/{c}")).collect::<Vec<_>>(),
     });
-    if human {
-        print_summary(&report, &sc);
-    }
-    Ok(report)
+    (report, sc)
 }
 
 /// The simulator's own account of the job's card-time, in the ledger's
@@ -476,7 +558,10 @@ async fn print_feed(
             }
             _ => d.to_string(),
         };
-        let _ = writeln!(out, "[t={t:7.1}s] {:<18} {what}", ev.kind);
+        if let Err(e) = writeln!(out, "[t={t:7.1}s] {:<18} {what}", ev.kind) {
+            tracing::warn!(error = %e, "cannot write the demo's feed; no more feed lines");
+            return;
+        }
     }
 }
 
@@ -505,7 +590,7 @@ fn print_summary(report: &Value, sc: &Score) {
             };
             vec![
                 format!("{:.0}", v.fault.at_s),
-                v.fault.kind.to_owned(),
+                v.fault.kind.name().to_owned(),
                 format!(
                     "{}{}",
                     v.fault.node.clone().unwrap_or_else(|| "job".into()),

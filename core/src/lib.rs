@@ -5,19 +5,15 @@
 //! crates are thin IO shells around it; the crate boundary is how the
 //! compiler keeps this code free of sockets, files, clocks and runtimes.
 
-pub mod checkpoint;
 pub mod cluster;
 pub mod feed;
 pub mod ids;
 pub mod incident;
 pub mod ledger;
 pub mod liveness;
-pub mod logtail;
 pub mod model;
-pub mod probe;
 pub mod progress;
 pub mod rules;
-pub mod scenario;
 pub mod time;
 pub mod workload;
 

@@ -1,6 +1,7 @@
 //! The discrete-event core of the simulator: scenario time, faults and the
 //! synchronous training job.
 
+use crate::scenario::{Fault, FaultKind, FaultType, JobSpec, Scenario};
 use crate::{InjectedFault, SimNode, now_ms};
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -12,7 +13,6 @@ use vigil_agent::progress::to_event;
 use vigil_agent::supervise::WorkerOrder;
 use vigil_core::model::EventBody;
 use vigil_core::progress::{Phase, ProgressRecord};
-use vigil_core::scenario::{Fault, FaultKind, Scenario};
 use vigil_core::{JobId, Timestamp};
 
 /// How the job ended, by the simulator's own account.
@@ -242,12 +242,13 @@ impl Sim<'_> {
                 self.epoch += 1;
                 self.started.remove(&node);
                 for r in self.ranks.iter().filter(|r| r.node == node) {
-                    if let Some(n) = self.nodes.get(&r.node) {
-                        let _ = n.cards.inject(&SimFault::Load {
+                    self.inject(
+                        &r.node,
+                        SimFault::Load {
                             card: r.card,
                             utilization: 0.0,
-                        });
-                    }
+                        },
+                    );
                 }
             }
             WorkerOrder::Start {
@@ -332,12 +333,13 @@ impl Sim<'_> {
                     pid: Some(pid_base + i as u32),
                 },
             );
-            if let Some(n) = self.nodes.get(&r.node) {
-                let _ = n.cards.inject(&SimFault::Load {
+            self.inject(
+                &r.node,
+                SimFault::Load {
                     card: r.card,
                     utilization: 96.0,
-                });
-            }
+                },
+            );
         }
     }
 
@@ -354,166 +356,179 @@ impl Sim<'_> {
     }
 
     fn apply(&mut self, t: u64, action: Action, faults: &[Fault], speed: f64) {
+        if let Action::Fault(i) | Action::FaultEnd(i) | Action::Flap(i, _) = action {
+            self.fault_action(t, i, &action, faults, speed);
+            return;
+        }
         let Some(spec) = self.scn.job.clone() else {
-            if let Action::Fault(i) | Action::FaultEnd(i) | Action::Flap(i, _) = action {
-                self.fault_action(t, i, &action, faults, speed);
-            }
             return;
         };
         let Some(job) = self.job.clone() else { return };
         match action {
-            Action::Fault(i) | Action::FaultEnd(i) | Action::Flap(i, _) => {
-                self.fault_action(t, i, &action, faults, speed);
-            }
-            Action::StepStart(step) => {
-                self.current_step = step;
-                self.arrived = 0;
-                self.step_started_at = t;
-                let mut healthy: f64 = 0.0;
-                let mut actual: f64 = 0.0;
-                for i in 0..self.ranks.len() {
-                    let r = self.ranks[i].clone();
-                    if r.dead {
-                        continue;
-                    }
-                    self.emit(
-                        i as u32,
-                        ProgressRecord::Step {
-                            job: job.clone(),
-                            rank: i as u32,
-                            step,
-                            phase: Phase::Begin,
-                            samples: None,
-                            tokens: None,
-                        },
-                    );
-                    if r.hung {
-                        continue;
-                    }
-                    let model_speed = self.scn.speed_of(&r.node);
-                    let jitter = 1.0 + 0.04 * (self.noise() - 0.5);
-                    let compute =
-                        f64::from(spec.step_ms) / model_speed / r.slow / self.job_speed * jitter;
-                    healthy = healthy.max(compute * r.slow);
-                    actual = actual.max(compute);
-                    self.at(
-                        t + compute.max(1.0) as u64,
-                        Action::Collective(i as u32, step),
-                    );
-                }
-                self.truth.straggle = (actual - healthy).max(0.0) as u64;
-            }
-            Action::Collective(rank, step) => {
-                if step != self.current_step {
-                    return;
-                }
-                let Some(r) = self.ranks.get(rank as usize).cloned() else {
-                    return;
-                };
-                if !self.rank_can_run(&r) {
-                    // A rank cut off or stopped never reaches the collective;
-                    // a partitioned node's ranks reach it once it heals.
-                    if !r.dead && !r.hung {
-                        self.at(t + 100, Action::Collective(rank, step));
-                    }
-                    return;
-                }
-                self.emit(
-                    rank,
-                    ProgressRecord::Step {
-                        job: job.clone(),
-                        rank,
-                        step,
-                        phase: Phase::Collective,
-                        samples: None,
-                        tokens: None,
-                    },
-                );
-                self.arrived += 1;
-                if self.arrived == spec.world_size {
-                    let comm = (f64::from(spec.step_ms) * 0.03) as u64;
-                    self.at(t + comm.max(1), Action::StepEnd(step));
-                }
-            }
-            Action::StepEnd(step) => {
-                if !self.truth.stopped {
-                    let d = t.saturating_sub(self.truth.last);
-                    let slow = self.truth.straggle.min(d);
-                    self.truth.add("straggler", slow);
-                    self.truth.add("effective", d - slow);
-                    self.truth.steps.push((step, d - slow));
-                    self.truth.last = t;
-                }
-                for i in 0..self.ranks.len() as u32 {
-                    self.emit(
-                        i,
-                        ProgressRecord::Step {
-                            job: job.clone(),
-                            rank: i,
-                            step,
-                            phase: Phase::End,
-                            samples: Some(32),
-                            tokens: Some(65_536),
-                        },
-                    );
-                }
-                self.steps_completed = step;
-                if step % spec.checkpoint_every == 0 {
-                    self.at(
-                        t + u64::from(spec.checkpoint_ms),
-                        Action::CheckpointDone(step),
-                    );
-                } else {
-                    self.at(t, Action::StepStart(step + 1));
-                }
-            }
-            Action::Restart(from) => {
-                tracing::debug!(t, from, "restart");
-                if from > 0 && self.corrupt_step == Some(from) {
-                    // The checkpoint cannot be read: the workers fail to load
-                    // it and exit, as the supervisor would report.
-                    if let Some(r) = self.ranks.first()
-                        && let Some(n) = self.nodes.get(&r.node)
-                    {
-                        let _ = n.progress.try_send(EventBody::WorkerExit {
-                            rank: Some(0),
-                            pid: 20_000,
-                            exit_code: Some(3),
-                            signal: None,
-                        });
-                    }
-                    return;
-                }
-                self.truth_restart(t, from);
-                self.restarts += 1;
-                self.launch_ranks(30_000 + 1000 * self.restarts);
-                self.steps_completed = from;
-                self.current_step = from;
-                self.at(t, Action::StepStart(from + 1));
-            }
-            Action::CheckpointDone(step) => {
-                for i in 0..self.ranks.len() as u32 {
-                    self.emit(
-                        i,
-                        ProgressRecord::Checkpoint {
-                            job: job.clone(),
-                            rank: i,
-                            step,
-                            path: format!("/ckpt/{}/step-{step}", spec.id),
-                            bytes: Some(1 << 30),
-                            sha256: None,
-                        },
-                    );
-                }
-                self.last_checkpoint = Some(step);
-                if !self.truth.stopped {
-                    self.truth
-                        .add("checkpoint", t.saturating_sub(self.truth.last));
-                    self.truth.last = t;
-                }
-                self.at(t, Action::StepStart(step + 1));
-            }
+            Action::Fault(_) | Action::FaultEnd(_) | Action::Flap(..) => {}
+            Action::StepStart(step) => self.step_start(t, step, &spec, &job),
+            Action::Collective(rank, step) => self.collective(t, rank, step, &spec, &job),
+            Action::StepEnd(step) => self.step_end(t, step, &spec, &job),
+            Action::Restart(from) => self.restart(t, from),
+            Action::CheckpointDone(step) => self.checkpoint_done(t, step, &spec, &job),
         }
+    }
+
+    /// Every live rank begins `step` and computes for its own time.
+    fn step_start(&mut self, t: u64, step: u64, spec: &JobSpec, job: &JobId) {
+        self.current_step = step;
+        self.arrived = 0;
+        self.step_started_at = t;
+        let mut healthy: f64 = 0.0;
+        let mut actual: f64 = 0.0;
+        for i in 0..self.ranks.len() {
+            let r = self.ranks[i].clone();
+            if r.dead {
+                continue;
+            }
+            self.emit(
+                i as u32,
+                ProgressRecord::Step {
+                    job: job.clone(),
+                    rank: i as u32,
+                    step,
+                    phase: Phase::Begin,
+                    samples: None,
+                    tokens: None,
+                },
+            );
+            if r.hung {
+                continue;
+            }
+            let model_speed = self.scn.speed_of(&r.node);
+            let jitter = 1.0 + 0.04 * (self.noise() - 0.5);
+            let compute = f64::from(spec.step_ms) / model_speed / r.slow / self.job_speed * jitter;
+            healthy = healthy.max(compute * r.slow);
+            actual = actual.max(compute);
+            self.at(
+                t + compute.max(1.0) as u64,
+                Action::Collective(i as u32, step),
+            );
+        }
+        self.truth.straggle = (actual - healthy).max(0.0) as u64;
+    }
+
+    /// Rank `rank` enters the step's collective; the last one in ends the step.
+    fn collective(&mut self, t: u64, rank: u32, step: u64, spec: &JobSpec, job: &JobId) {
+        if step != self.current_step {
+            return;
+        }
+        let Some(r) = self.ranks.get(rank as usize).cloned() else {
+            return;
+        };
+        if !self.rank_can_run(&r) {
+            // A rank cut off or stopped never reaches the collective;
+            // a partitioned node's ranks reach it once it heals.
+            if !r.dead && !r.hung {
+                self.at(t + 100, Action::Collective(rank, step));
+            }
+            return;
+        }
+        self.emit(
+            rank,
+            ProgressRecord::Step {
+                job: job.clone(),
+                rank,
+                step,
+                phase: Phase::Collective,
+                samples: None,
+                tokens: None,
+            },
+        );
+        self.arrived += 1;
+        if self.arrived == spec.world_size {
+            let comm = (f64::from(spec.step_ms) * 0.03) as u64;
+            self.at(t + comm.max(1), Action::StepEnd(step));
+        }
+    }
+
+    /// Every rank ends `step`; a checkpoint follows when one is due.
+    fn step_end(&mut self, t: u64, step: u64, spec: &JobSpec, job: &JobId) {
+        if !self.truth.stopped {
+            let d = t.saturating_sub(self.truth.last);
+            let slow = self.truth.straggle.min(d);
+            self.truth.add("straggler", slow);
+            self.truth.add("effective", d - slow);
+            self.truth.steps.push((step, d - slow));
+            self.truth.last = t;
+        }
+        for i in 0..self.ranks.len() as u32 {
+            self.emit(
+                i,
+                ProgressRecord::Step {
+                    job: job.clone(),
+                    rank: i,
+                    step,
+                    phase: Phase::End,
+                    samples: Some(32),
+                    tokens: Some(65_536),
+                },
+            );
+        }
+        self.steps_completed = step;
+        if step.is_multiple_of(spec.checkpoint_every) {
+            self.at(
+                t + u64::from(spec.checkpoint_ms),
+                Action::CheckpointDone(step),
+            );
+        } else {
+            self.at(t, Action::StepStart(step + 1));
+        }
+    }
+
+    /// The restarted workers resume from the checkpoint at `from`.
+    fn restart(&mut self, t: u64, from: u64) {
+        tracing::debug!(t, from, "restart");
+        if from > 0 && self.corrupt_step == Some(from) {
+            // The checkpoint cannot be read: the workers fail to load
+            // it and exit, as the supervisor would report.
+            if let Some(r) = self.ranks.first()
+                && let Some(n) = self.nodes.get(&r.node)
+            {
+                let _ = n.progress.try_send(EventBody::WorkerExit {
+                    rank: Some(0),
+                    pid: 20_000,
+                    exit_code: Some(3),
+                    signal: None,
+                });
+            }
+            return;
+        }
+        self.truth_restart(t, from);
+        self.restarts += 1;
+        self.launch_ranks(30_000 + 1000 * self.restarts);
+        self.steps_completed = from;
+        self.current_step = from;
+        self.at(t, Action::StepStart(from + 1));
+    }
+
+    /// Every rank finished writing the checkpoint at `step`.
+    fn checkpoint_done(&mut self, t: u64, step: u64, spec: &JobSpec, job: &JobId) {
+        for i in 0..self.ranks.len() as u32 {
+            self.emit(
+                i,
+                ProgressRecord::Checkpoint {
+                    job: job.clone(),
+                    rank: i,
+                    step,
+                    path: format!("/ckpt/{}/step-{step}", spec.id),
+                    bytes: Some(1 << 30),
+                    sha256: None,
+                },
+            );
+        }
+        self.last_checkpoint = Some(step);
+        if !self.truth.stopped {
+            self.truth
+                .add("checkpoint", t.saturating_sub(self.truth.last));
+            self.truth.last = t;
+        }
+        self.at(t, Action::StepStart(step + 1));
     }
 
     fn rank_at(&self, node: &str, card: u32) -> Option<u32> {
@@ -531,92 +546,132 @@ impl Sim<'_> {
 
     fn fault_action(&mut self, t: u64, i: usize, action: &Action, faults: &[Fault], speed: f64) {
         let Some(f) = faults.get(i) else { return };
-        let node_name = f.node.clone().unwrap_or_default();
-        let node = self.nodes.get(&node_name);
-        let card = f.card.unwrap_or(0);
-        let starting = matches!(action, Action::Fault(_));
-        if starting {
-            self.injected.push(InjectedFault {
-                kind: f.kind.name(),
-                code: match f.kind {
-                    FaultKind::Xid { code } => Some(code),
-                    _ => None,
-                },
-                for_s: f.kind.for_s(),
-                node: f.node.clone(),
-                card: f.card,
-                rank: f.card.and_then(|c| self.rank_at(&node_name, c)),
-                at_s: f.at_s,
-                at: Timestamp(now_ms()),
-            });
-            if let Some(for_s) = f.kind.for_s() {
-                self.at(t + (for_s * 1000.0) as u64, Action::FaultEnd(i));
+        if matches!(action, Action::Fault(_)) {
+            self.record_fault(t, i, f);
+        }
+        use FaultType as T;
+        match f.kind.fault_type() {
+            T::Xid
+            | T::EccDbe
+            | T::GpuLost
+            | T::Thermal
+            | T::Nvlink
+            | T::PcieDegraded
+            | T::ProbeHang => self.card_fault(t, f, action, speed),
+            T::Hang | T::Slow | T::WorkerExit => self.rank_fault(t, f, action),
+            T::NodeCrash | T::Partition | T::Flap | T::JobSlowdown | T::CheckpointCorrupt => {
+                self.node_or_job_fault(t, i, f, action);
             }
         }
-        let inject = |fault: SimFault| {
-            if let Some(n) = node {
-                let _ = n.cards.inject(&fault);
-            }
-        };
-        let freeze = |on: bool| {
-            if let Some(n) = node {
-                let _ = n.freeze.send(on);
-            }
-        };
-        match (&f.kind, action) {
-            (FaultKind::Xid { code }, Action::Fault(_)) => {
-                inject(SimFault::Xid { card, code: *code });
+    }
+
+    /// Fault `i` starts: it goes into the truth, and a transient one is
+    /// scheduled to end.
+    fn record_fault(&mut self, t: u64, i: usize, f: &Fault) {
+        let node_name = f.node.clone().unwrap_or_default();
+        self.injected.push(InjectedFault {
+            kind: f.kind.fault_type(),
+            code: match f.kind {
+                FaultKind::Xid { code } => Some(code),
+                _ => None,
+            },
+            for_s: f.kind.for_s(),
+            node: f.node.clone(),
+            card: f.card,
+            rank: f.card.and_then(|c| self.rank_at(&node_name, c)),
+            at_s: f.at_s,
+            at: Timestamp(now_ms()),
+        });
+        if let Some(for_s) = f.kind.for_s() {
+            self.at(t + (for_s * 1000.0) as u64, Action::FaultEnd(i));
+        }
+    }
+
+    /// Makes the simulated card of `node` show `fault`.
+    fn inject(&self, node: &str, fault: SimFault) {
+        if let Some(n) = self.nodes.get(node)
+            && let Err(e) = n.cards.inject(&fault)
+        {
+            tracing::warn!(%node, ?fault, error = %e, "simulated card refused a fault");
+        }
+    }
+
+    /// Freezes (`on`) or thaws the agent of `node`.
+    fn freeze(&mut self, node: &str, on: bool) {
+        if let Some(n) = self.nodes.get(node)
+            && n.freeze.send(on).is_err()
+        {
+            tracing::warn!(%node, on, "simulated agent is gone; cannot freeze it");
+        }
+        self.frozen.insert(node.to_owned(), on);
+    }
+
+    /// A fault the card's readings or driver log show.
+    fn card_fault(&mut self, t: u64, f: &Fault, action: &Action, speed: f64) {
+        let node = f.node.clone().unwrap_or_default();
+        let card = f.card.unwrap_or(0);
+        let on = matches!(action, Action::Fault(_));
+        match (&f.kind, on) {
+            (FaultKind::Xid { code }, true) => {
+                self.inject(&node, SimFault::Xid { card, code: *code });
                 // Informational XIDs leave the process running; the rest
                 // take its CUDA context down.
-                if !matches!(code, 63 | 92 | 154 | 157) {
-                    self.kill_rank(&node_name, card);
+                if !crate::informational_xid(*code) {
+                    self.kill_rank(&node, card);
                     self.truth_fault(t);
                 }
             }
-            (FaultKind::EccDbe, Action::Fault(_)) => {
-                inject(SimFault::EccDbe { card });
-                self.kill_rank(&node_name, card);
+            (FaultKind::EccDbe, true) => {
+                self.inject(&node, SimFault::EccDbe { card });
+                self.kill_rank(&node, card);
                 self.truth_fault(t);
             }
-            (FaultKind::GpuLost, Action::Fault(_)) => {
-                inject(SimFault::GpuLost { card });
-                self.kill_rank(&node_name, card);
+            (FaultKind::GpuLost, true) => {
+                self.inject(&node, SimFault::GpuLost { card });
+                self.kill_rank(&node, card);
                 self.truth_fault(t);
             }
-            (FaultKind::Thermal { .. }, a) => {
-                inject(SimFault::Thermal { card, on: starting });
-                self.set_slow(
-                    &node_name,
-                    card,
-                    if matches!(a, Action::Fault(_)) {
-                        0.7
-                    } else {
-                        1.0
-                    },
-                );
+            (FaultKind::Thermal { .. }, _) => {
+                self.inject(&node, SimFault::Thermal { card, on });
+                self.set_slow(&node, card, if on { 0.7 } else { 1.0 });
             }
             (FaultKind::Nvlink { .. }, _) => {
-                inject(SimFault::Nvlink { card, on: starting });
-                self.set_slow(&node_name, card, if starting { 0.8 } else { 1.0 });
+                self.inject(&node, SimFault::Nvlink { card, on });
+                self.set_slow(&node, card, if on { 0.8 } else { 1.0 });
             }
             (FaultKind::PcieDegraded { .. }, _) => {
-                inject(SimFault::PcieDegraded { card, on: starting });
-                self.set_slow(&node_name, card, if starting { 0.85 } else { 1.0 });
+                self.inject(&node, SimFault::PcieDegraded { card, on });
+                self.set_slow(&node, card, if on { 0.85 } else { 1.0 });
             }
-            (FaultKind::Hang, Action::Fault(_)) => {
-                if let Some(r) = self.rank_at(&node_name, card) {
+            (FaultKind::ProbeHang { for_s }, true) => {
+                let ms = (for_s.unwrap_or(10.0) * 1000.0 / speed) as u64;
+                self.inject(&node, SimFault::ProbeHang { for_ms: ms });
+            }
+            _ => {}
+        }
+    }
+
+    /// A fault of the rank's process, with no hardware signal.
+    fn rank_fault(&mut self, t: u64, f: &Fault, action: &Action) {
+        let node = f.node.clone().unwrap_or_default();
+        let card = f.card.unwrap_or(0);
+        let on = matches!(action, Action::Fault(_));
+        match (&f.kind, on) {
+            (FaultKind::Hang, true) => {
+                if let Some(r) = self.rank_at(&node, card) {
                     self.ranks[r as usize].hung = true;
                     self.truth_fault(t);
                 }
             }
             (FaultKind::Slow { factor, .. }, _) => {
-                self.set_slow(&node_name, card, if starting { *factor } else { 1.0 });
+                self.set_slow(&node, card, if on { *factor } else { 1.0 });
             }
-            (FaultKind::WorkerExit, Action::Fault(_)) => {
-                let rank = self.rank_at(&node_name, card);
-                self.kill_rank(&node_name, card);
+            (FaultKind::WorkerExit, true) => {
+                let rank = self.rank_at(&node, card);
+                self.kill_rank(&node, card);
                 self.truth_fault(t);
-                if let Some(n) = node {
+                if let Some(n) = self.nodes.get(&node) {
+                    // A full queue drops the report, as the real endpoint does.
                     let _ = n.progress.try_send(EventBody::WorkerExit {
                         rank,
                         pid: 10_000 + rank.unwrap_or(0),
@@ -625,43 +680,36 @@ impl Sim<'_> {
                     });
                 }
             }
-            (FaultKind::ProbeHang { for_s }, Action::Fault(_)) => {
-                let ms = (for_s.unwrap_or(10.0) * 1000.0 / speed) as u64;
-                inject(SimFault::ProbeHang { for_ms: ms });
-            }
+            _ => {}
+        }
+    }
+
+    /// A fault of a whole node (crash, network) or of the whole job.
+    fn node_or_job_fault(&mut self, t: u64, i: usize, f: &Fault, action: &Action) {
+        let node = f.node.clone().unwrap_or_default();
+        let on = matches!(action, Action::Fault(_));
+        match (&f.kind, action) {
             (FaultKind::NodeCrash, Action::Fault(_)) => {
-                freeze(true);
-                self.frozen.insert(node_name.clone(), true);
-                for r in self.ranks.iter_mut().filter(|r| r.node == node_name) {
+                self.freeze(&node, true);
+                for r in self.ranks.iter_mut().filter(|r| r.node == node) {
                     r.dead = true;
                 }
                 self.truth_fault(t);
             }
-            (FaultKind::Partition { .. }, _) => {
-                freeze(starting);
-                self.frozen.insert(node_name.clone(), starting);
-            }
-            (FaultKind::Flap { for_s }, a) => {
+            (FaultKind::Partition { .. }, _) => self.freeze(&node, on),
+            (FaultKind::Flap { for_s }, Action::Fault(_)) => {
                 let hb = u64::from(self.scn.cluster.heartbeat_ms);
                 let (cut, up) = (hb * 4, hb * 4);
-                match a {
-                    Action::Fault(_) => {
-                        let mut s = t;
-                        while s < t + (*for_s * 1000.0) as u64 {
-                            self.at(s, Action::Flap(i, true));
-                            self.at(s + cut, Action::Flap(i, false));
-                            s += cut + up;
-                        }
-                    }
-                    Action::Flap(_, on) => {
-                        freeze(*on);
-                        self.frozen.insert(node_name.clone(), *on);
-                    }
-                    _ => {}
+                let mut s = t;
+                while s < t + (*for_s * 1000.0) as u64 {
+                    self.at(s, Action::Flap(i, true));
+                    self.at(s + cut, Action::Flap(i, false));
+                    s += cut + up;
                 }
             }
+            (FaultKind::Flap { .. }, Action::Flap(_, cut)) => self.freeze(&node, *cut),
             (FaultKind::JobSlowdown { factor, .. }, _) => {
-                self.job_speed = if starting { *factor } else { 1.0 };
+                self.job_speed = if on { *factor } else { 1.0 };
             }
             // The corrupt checkpoint only matters when a restore reads it.
             (FaultKind::CheckpointCorrupt, Action::Fault(_)) => {

@@ -15,7 +15,9 @@
 //! the others; the slowest rank sets the pace; checkpoints pause every rank.
 
 mod job;
+pub mod scenario;
 
+use crate::scenario::{Fault, FaultType, Scenario};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +30,6 @@ use vigil_agent::supervise::WorkerOrder;
 use vigil_agent::uplink::AgentIo;
 use vigil_agent::{AgentConfig, backoff::BackoffConfig};
 use vigil_core::model::EventBody;
-use vigil_core::scenario::{Fault, Scenario};
 use vigil_core::{JobId, Millis, NodeId};
 
 pub use job::JobOutcome;
@@ -66,7 +67,7 @@ pub struct SimOptions {
 /// A fault as it was injected, for scoring.
 #[derive(Debug, Clone, Serialize)]
 pub struct InjectedFault {
-    pub kind: &'static str,
+    pub kind: FaultType,
     /// The XID code, for `xid` faults.
     pub code: Option<u32>,
     /// How long a transient fault lasted, scenario seconds.
@@ -87,6 +88,17 @@ pub struct Truth {
     pub job: Option<JobOutcome>,
     /// Wall clock when the scenario started.
     pub started: vigil_core::Timestamp,
+}
+
+/// Whether the controller's built-in rules take no action on XID `code`
+/// (`vigil_core::rules::RuleTable`): the process keeps running, and a correct
+/// verdict is no incident.
+pub fn informational_xid(code: u32) -> bool {
+    use vigil_core::rules::{Class, RuleTable};
+    RuleTable::default()
+        .classify(vigil_core::model::Signal::Xid(code))
+        .class
+        == Class::Informational
 }
 
 /// Heartbeat period the agents and controller use for a scenario at a speed.

@@ -103,7 +103,7 @@ fn every_scenario_is_localized_without_false_alarms() {
     let reports = reports.into_inner().expect("reports");
     recovery_checks(&reports);
     ledger_checks(&reports);
-    for kind in vigil_core::scenario::FAULT_KINDS {
+    for kind in vigil_sim::scenario::FAULT_KINDS {
         assert!(kinds.contains(kind), "no scenario injects {kind}");
     }
 }

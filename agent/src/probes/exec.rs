@@ -1,5 +1,5 @@
 //! `--cards exec:CMD`: runs `sh -c CMD` on each sample and reads the probe
-//! document it prints (`vigil_core::probe::exec`, schema in
+//! document it prints (`vigil_ingest::probe::exec`, schema in
 //! `docs/probes.md`).
 
 use super::COMMAND_TIMEOUT;
@@ -7,7 +7,7 @@ use super::command::{self, CmdOutput};
 use crate::cards::CardProbe;
 use std::collections::BTreeSet;
 use vigil_core::model::{CardInfo, CardSample, Signal};
-use vigil_core::probe::exec::{self, ExecReport};
+use vigil_ingest::probe::exec::{self, ExecReport};
 
 /// Cards read through a vendor probe command.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 use vigil_core::model::{CardInfo, Signal};
-use vigil_core::probe::kmsg::{KernelEvent, LineParser, card_for};
+use vigil_ingest::probe::kmsg::{KernelEvent, LineParser, card_for};
 
 /// Environment variable naming another kernel log to read (tests, replays).
 pub const ENV: &str = "VIGIL_KMSG";

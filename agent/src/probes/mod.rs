@@ -1,6 +1,6 @@
 //! The IO shells of the real card probes: they run `nvidia-smi` or a vendor
 //! wrapper, call NVML, or read the kernel log, and hand the text to the pure
-//! parsers in `vigil_core::probe`. See `docs/probes.md`.
+//! parsers in `vigil_ingest::probe`. See `docs/probes.md`.
 //!
 //! Every backend here reports a failure of its own (a command that fails, a
 //! document that does not parse) as a log line and an empty sample, never as

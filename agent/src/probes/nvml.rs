@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 use vigil_core::model::{CardInfo, CardSample, Signal};
-use vigil_core::probe::normalize_bus_id;
+use vigil_ingest::probe::normalize_bus_id;
 
 /// Environment variable naming the NVML library to load.
 pub const LIB_ENV: &str = "VIGIL_NVML_LIB";

@@ -7,7 +7,7 @@ use super::kmsg::KernelLog;
 use crate::cards::CardProbe;
 use std::collections::HashMap;
 use vigil_core::model::{CardInfo, CardSample, Signal};
-use vigil_core::probe::{normalize_bus_id, smi};
+use vigil_ingest::probe::{normalize_bus_id, smi};
 
 /// Environment variable naming the `nvidia-smi` binary (tests, odd installs).
 pub const ENV: &str = "VIGIL_NVIDIA_SMI";

@@ -8,7 +8,7 @@
 //! one normalized form (`0000:3b:00`, see [`normalize_bus_id`]), which
 //! [`card_for`] matches against a probe's inventory.
 
-use crate::model::{CardInfo, Signal};
+use vigil_core::model::{CardInfo, Signal};
 
 /// An error the driver logged.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@
 //! Every step record is a step end (`phase` `end`): logs say when a step is
 //! done, not when it began or entered its collective.
 
-use crate::ids::JobId;
-use crate::progress::{Phase, ProgressRecord};
 use std::fmt;
 use std::str::FromStr;
+use vigil_core::ids::JobId;
+use vigil_core::progress::{Phase, ProgressRecord};
 
 /// Which framework wrote the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,11 +19,11 @@
 //! Unknown fields are ignored, so a wrapper may print more.
 
 use super::is_unavailable;
-use crate::model::{CardInfo, CardSample, Signal, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use vigil_core::model::{CardInfo, CardSample, Signal, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP};
 
 /// The schema version this agent reads.
 pub const VERSION: u64 = 1;

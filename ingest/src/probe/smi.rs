@@ -9,7 +9,7 @@
 
 use super::is_unavailable;
 use super::kmsg::normalize_bus_id;
-use crate::model::{CardInfo, CardSample};
+use vigil_core::model::{CardInfo, CardSample};
 
 /// The fields queried, in column order.
 pub const QUERY: &str = "index,uuid,name,pci.bus_id,memory.total,memory.used,utilization.gpu,\
@@ -167,7 +167,7 @@ fn hex(v: &str, field: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL};
+    use vigil_core::model::{THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL};
 
     const H100X8: &str = include_str!("../../tests/samples/nvidia-smi-h100x8.csv");
 
