@@ -49,10 +49,8 @@ pub struct Cluster {
     book: IncidentBook,
     /// Until then, restored nodes that have not reconnected are not judged.
     grace_until: Millis,
-    /// Automatic quarantines within the breaker window: (time, cards).
-    quarantines: std::collections::VecDeque<(Millis, u32)>,
-    /// Since when the breaker withholds automatic quarantine.
-    breaker_open_since: Option<Millis>,
+    /// The automatic-quarantine circuit breaker.
+    breaker: Breaker,
     /// Recent losses per node, for flap damping.
     losses: BTreeMap<NodeId, std::collections::VecDeque<Millis>>,
     /// Recovery in progress per job.
@@ -294,6 +292,7 @@ pub use config::{BreakerConfig, ClusterConfig, HealthConfig};
 pub use effect::{ActionRequest, ActionVerb, Effect, Input, Registration, Rejected};
 use incidents::IncidentBook;
 pub use recovery::{Recovery, RecoveryPhase, WorkerCommand};
+use safety::Breaker;
 pub use state::{
     CardHealth, CardState, CheckpointState, JobRunState, JobState, NodeState, RankState,
     SuspectReason,

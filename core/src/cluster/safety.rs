@@ -3,6 +3,57 @@
 //! suspect card.
 
 use super::*;
+use std::collections::VecDeque;
+
+/// The automatic-quarantine circuit breaker's state.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Breaker {
+    /// Automatic quarantines within the window: (time, cards).
+    quarantines: VecDeque<(Millis, u32)>,
+    /// Since when it withholds automatic quarantine.
+    open_since: Option<Millis>,
+}
+
+impl Breaker {
+    /// Forgets the quarantines that left the window. Returns whether that
+    /// closed the breaker.
+    fn expire(&mut self, now: Millis, window: Millis) -> bool {
+        while self
+            .quarantines
+            .front()
+            .is_some_and(|(t, _)| now - t > window)
+        {
+            self.quarantines.pop_front();
+        }
+        if self.open_since.is_some() && self.quarantines.is_empty() {
+            self.open_since = None;
+            return true;
+        }
+        false
+    }
+
+    /// Cards quarantined automatically within the window.
+    fn used(&self, now: Millis, window: Millis) -> u32 {
+        self.quarantines
+            .iter()
+            .filter(|(t, _)| now - t <= window)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn record(&mut self, now: Millis, cards: u32) {
+        self.quarantines.push_back((now, cards));
+    }
+
+    /// Opens the breaker. Returns whether it was closed.
+    fn trip(&mut self, now: Millis) -> bool {
+        if self.open_since.is_some() {
+            return false;
+        }
+        self.open_since = Some(now);
+        true
+    }
+}
 
 impl Cluster {
     /// Total cards known, and the most any one node has.
@@ -23,18 +74,13 @@ impl Cluster {
     pub fn quarantine_allowance(&self, now: Millis) -> u32 {
         let (total, widest) = self.capacity();
         let limit = ((f64::from(total) * self.cfg.breaker.share).floor() as u32).max(widest);
-        let used: u32 = self
-            .quarantines
-            .iter()
-            .filter(|(t, _)| now - t <= self.cfg.breaker.window_ms)
-            .map(|(_, n)| n)
-            .sum();
+        let used = self.breaker.used(now, self.cfg.breaker.window_ms);
         limit.saturating_sub(used)
     }
 
     /// Whether the breaker is withholding automatic quarantine.
     pub fn breaker_open(&self) -> bool {
-        self.breaker_open_since.is_some()
+        self.breaker.open_since.is_some()
     }
 
     /// Automatically quarantines a card (or, with `card` None, cordons a
@@ -49,15 +95,7 @@ impl Cluster {
         fx: &mut Vec<Effect>,
     ) -> bool {
         let window = self.cfg.breaker.window_ms;
-        while self
-            .quarantines
-            .front()
-            .is_some_and(|(t, _)| now - t > window)
-        {
-            self.quarantines.pop_front();
-        }
-        if self.breaker_open_since.is_some() && self.quarantines.is_empty() {
-            self.breaker_open_since = None;
+        if self.breaker.expire(now, window) {
             fx.push(Effect::Feed(FeedEvent::BreakerClosed));
         }
         let Some(n) = self.nodes.get(node) else {
@@ -82,8 +120,7 @@ impl Cluster {
                 inc.add_evidence("automatic quarantine withheld: circuit breaker open".to_owned());
                 fx.push(Effect::incident(inc));
             }
-            if self.breaker_open_since.is_none() {
-                self.breaker_open_since = Some(now);
+            if self.breaker.trip(now) {
                 let (total, _) = self.capacity();
                 fx.push(Effect::Feed(FeedEvent::BreakerOpen {
                     share: self.cfg.breaker.share,
@@ -93,7 +130,7 @@ impl Cluster {
             }
             return false;
         }
-        self.quarantines.push_back((now, cards));
+        self.breaker.record(now, cards);
         self.apply_quarantine(node, card, reason, Some(incident), now, fx);
         if let Some(inc) = self.book.get_mut(&incident) {
             inc.phase("isolate", now, Some(now));
