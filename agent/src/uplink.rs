@@ -289,7 +289,6 @@ impl Uplink {
         // Error events first: a driver logs an XID before the card stops
         // answering, and the first signal names the incident.
         for (card, signal, detail) in r.errors {
-            let signal = signal.to_string();
             self.spool.push(
                 EventBody::CardError {
                     card,
@@ -303,7 +302,6 @@ impl Uplink {
             let i = s.index as usize;
             if i < self.prev.len() {
                 for (signal, detail) in sample_transitions(self.prev[i].as_ref(), s) {
-                    let signal = signal.to_string();
                     let card = s.index;
                     self.spool.push(
                         EventBody::CardError {

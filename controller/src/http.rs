@@ -451,3 +451,34 @@ async fn ledger_advice(State(ctx): State<Ctx>) -> Response {
         None => unavailable(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The dashboard listens for every kind the feed can carry: the kinds
+    /// it names are core's catalog, less the two it handles apart.
+    #[test]
+    fn the_dashboard_listens_for_every_feed_kind() {
+        let page = include_str!("dashboard.html");
+        let line = page
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("const KINDS = ["))
+            .expect("the dashboard names its kinds");
+        let listed: std::collections::BTreeSet<&str> = line
+            .trim_end_matches("];")
+            .split(',')
+            .map(|k| k.trim().trim_matches('"'))
+            .collect();
+        let catalog: std::collections::BTreeSet<&str> = vigil_core::feed::KINDS
+            .iter()
+            .copied()
+            .filter(|k| !matches!(*k, "snapshot" | "dropped"))
+            .collect();
+        assert_eq!(listed, catalog);
+        for apart in ["snapshot", "dropped"] {
+            assert!(
+                page.contains(&format!("addEventListener(\"{apart}\"")),
+                "{apart}"
+            );
+        }
+    }
+}

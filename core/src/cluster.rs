@@ -207,10 +207,7 @@ impl Cluster {
                 if card as usize >= ncards {
                     return Err(Rejected::UnknownCard { node: id, card });
                 }
-                // The edge validated the signal name; an unknown one is ignored.
-                if let Ok(signal) = signal.parse::<Signal>() {
-                    self.card_error(id, card, signal, detail, ev.at_ms, now, fx);
-                }
+                self.card_error(id, card, signal, detail, ev.at_ms, now, fx);
             }
             EventBody::ProbeHung {
                 card,

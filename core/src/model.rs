@@ -151,6 +151,21 @@ impl Signal {
     }
 }
 
+/// Serialized as its string form (`xid:79`, `ecc_dbe`, ...), the shape
+/// stored agent events have always had.
+impl Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Signal {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -194,7 +209,7 @@ pub struct CheckpointReport {
 pub enum EventBody {
     CardError {
         card: u32,
-        signal: String,
+        signal: Signal,
         detail: String,
     },
     WorkerExit {
@@ -223,6 +238,24 @@ pub struct AgentEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_card_error_keeps_its_string_signal() {
+        const ROW: &str =
+            r#"{"type":"card_error","card":3,"signal":"xid:79","detail":"fell off the bus"}"#;
+        let body: EventBody = serde_json::from_str(ROW).expect("an old row loads");
+        assert_eq!(
+            body,
+            EventBody::CardError {
+                card: 3,
+                signal: Signal::Xid(79),
+                detail: "fell off the bus".into(),
+            }
+        );
+        assert_eq!(serde_json::to_string(&body).expect("json"), ROW);
+        let bad = r#"{"type":"card_error","card":3,"signal":"xid:banana","detail":""}"#;
+        assert!(serde_json::from_str::<EventBody>(bad).is_err());
+    }
 
     #[test]
     fn signals_round_trip() {

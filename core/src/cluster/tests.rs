@@ -75,7 +75,7 @@ fn ev(c: &mut Cluster, name: &str, body: EventBody, now: Millis) -> Vec<Effect> 
 fn xid(card: u32, code: u32) -> EventBody {
     EventBody::CardError {
         card,
-        signal: "xid".to_owned() + &format!(":{code}"),
+        signal: Signal::Xid(code),
         detail: String::new(),
     }
 }
@@ -272,7 +272,7 @@ fn non_fatal_signals_make_a_card_suspect() {
         "n0",
         EventBody::CardError {
             card: 3,
-            signal: "thermal".into(),
+            signal: Signal::Thermal,
             detail: "sw thermal slowdown".into(),
         },
         10,
@@ -295,7 +295,7 @@ fn symptoms_of_a_lost_node_fold_into_its_incident() {
         "n6",
         EventBody::CardError {
             card: 0,
-            signal: "gpu_lost".into(),
+            signal: Signal::GpuLost,
             detail: String::new(),
         },
         5100,
@@ -476,7 +476,7 @@ fn arb_input() -> impl Strategy<Value = (u8, Input)> {
                         at_ms: 0,
                         body: EventBody::CardError {
                             card,
-                            signal: "ecc_dbe".into(),
+                            signal: Signal::EccDbe,
                             detail: String::new(),
                         },
                     },
@@ -736,7 +736,7 @@ fn a_suspect_card_is_healthy_again_after_a_quiet_period() {
         "n0",
         EventBody::CardError {
             card: 4,
-            signal: "thermal".into(),
+            signal: Signal::Thermal,
             detail: String::new(),
         },
         0,
@@ -1202,7 +1202,7 @@ fn a_fatal_fault_is_not_hidden_in_a_weaker_incident_at_the_same_place() {
         "n0",
         EventBody::CardError {
             card: 2,
-            signal: "pcie_degraded".into(),
+            signal: Signal::PcieDegraded,
             detail: String::new(),
         },
         20,

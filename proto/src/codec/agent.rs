@@ -160,18 +160,10 @@ fn event_body(body: &EventBody) -> pb::event::Body {
             signal,
             detail,
         } => {
-            // A signal the core cannot parse goes out as its name, code 0,
-            // and the controller refuses it by name.
-            let (name, code) = signal
-                .parse::<Signal>()
-                .map(|s| {
-                    let (n, c) = s.parts();
-                    (n.to_owned(), c)
-                })
-                .unwrap_or_else(|_| (signal.clone(), 0));
+            let (name, code) = signal.parts();
             Body::CardError(pb::CardError {
                 card: *card,
-                signal: name,
+                signal: name.to_owned(),
                 code,
                 detail: detail.clone(),
             })
@@ -531,7 +523,7 @@ fn event(e: pb::Event, ncards: usize) -> Result<AgentEvent, InvalidMessage> {
             let signal = Signal::from_parts(&c.signal, c.code).map_err(InvalidMessage::Signal)?;
             EventBody::CardError {
                 card: card(c.card, ncards)?,
-                signal: signal.to_string(),
+                signal,
                 detail: text("detail", c.detail)?,
             }
         }

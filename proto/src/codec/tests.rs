@@ -80,7 +80,9 @@ fn events_are_validated() {
         detail: String::new(),
     });
     let ok = agent::events(batch(vec![ev(1, xid.clone())]), 1).expect("valid");
-    assert!(matches!(&ok[0].body, EventBody::CardError { signal, .. } if signal == "xid:79"));
+    assert!(
+        matches!(&ok[0].body, EventBody::CardError { signal, .. } if *signal == Signal::Xid(79))
+    );
     // Out of order, unknown card, unknown signal.
     assert!(refused(
         agent::events(batch(vec![ev(2, xid.clone()), ev(1, xid.clone())]), 1),
@@ -389,7 +391,7 @@ fn event_body() -> impl Strategy<Value = EventBody> {
     prop_oneof![
         (0..8u32, signal(), small_text()).prop_map(|(card, s, detail)| EventBody::CardError {
             card,
-            signal: s.to_string(),
+            signal: s,
             detail,
         }),
         (
