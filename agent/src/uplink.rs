@@ -288,32 +288,22 @@ impl Uplink {
         let at = now_ms();
         // Error events first: a driver logs an XID before the card stops
         // answering, and the first signal names the incident.
-        for (card, signal, detail) in r.errors {
-            self.spool.push(
-                EventBody::CardError {
-                    card,
-                    signal,
-                    detail,
-                },
-                at,
-            );
-        }
+        let mut found = r.errors;
         for s in &r.samples {
             let i = s.index as usize;
             if i < self.prev.len() {
-                for (signal, detail) in sample_transitions(self.prev[i].as_ref(), s) {
-                    let card = s.index;
-                    self.spool.push(
-                        EventBody::CardError {
-                            card,
-                            signal,
-                            detail,
-                        },
-                        at,
-                    );
-                }
+                let changes = sample_transitions(self.prev[i].as_ref(), s);
+                found.extend(changes.into_iter().map(|(sig, d)| (s.index, sig, d)));
                 self.prev[i] = Some(s.clone());
             }
+        }
+        for (card, signal, detail) in found {
+            let body = EventBody::CardError {
+                card,
+                signal,
+                detail,
+            };
+            self.spool.push(body, at);
         }
         self.samples = r.samples;
     }
