@@ -54,6 +54,9 @@ for s in range(state["step"] + 1, steps + 1):
         os.replace(os.path.join(d, f"rank{rank}.json.tmp"), os.path.join(d, f"rank{rank}.json"))
         p.checkpoint(s, d)
 
-with open(os.path.join(out, f"result-rank{rank}.json"), "w") as f:
+# Written aside and renamed, so a reader never sees a half-written result.
+result = os.path.join(out, f"result-rank{rank}.json")
+with open(result + ".tmp", "w") as f:
     json.dump({"acc": state["acc"], "restart": restart}, f)
+os.replace(result + ".tmp", result)
 p.end()
